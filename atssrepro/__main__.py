@@ -1,0 +1,3 @@
+from atssrepro.cli import main
+
+main()

@@ -1,0 +1,177 @@
+"""The ``atssrepro`` command line: thin wrappers that parse, call one function, and print."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atssrepro.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Reproduce the tables of the ATSS paper (CVPR 2020): train, evaluate, report.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Make datasets: the embedded synthetic one, or a real COCO subset.")
+app.add_typer(data_app, name="data")
+
+# Human-readable progress goes to stderr, so that --json leaves stdout to the JSON alone.
+console = Console(stderr=True)
+stdout = Console()
+
+ConfigOption = typer.Option(None, "--config", "-c", help="A built-in config name or a TOML file.")
+PresetOption = typer.Option("paper", "--preset", "-p", help="paper (the official recipe) or smoke (CPU, ~1 min).")
+SetOption = typer.Option([], "--set", "-s", help="Override a field: --set model.assign.topk=7 (repeatable).")
+DataOption = typer.Option(None, "--data", "-d", help="Dataset root (annotations/, train2017/, val2017/).")
+JsonOption = typer.Option(False, "--json", help="Print the final metrics as one JSON object on stdout.")
+
+
+def print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"COCO bbox ({metrics['backend']}, {metrics['num_images']} images)")
+    for name in metrics["stats"]:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics["stats"].values()))
+    stdout.print(table)
+
+
+@app.command()
+def train(
+    config: Optional[str] = ConfigOption,
+    preset: str = PresetOption,
+    set_: list[str] = SetOption,
+    data: Optional[str] = DataOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default results/<config id>)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Train one detector, evaluate it on the validation split, and print its COCO metrics.
+
+    A run folder that already holds a checkpoint is resumed; a finished one is not retrained.
+    """
+    from atssrepro import config as cfg
+    from atssrepro.engine.run import execute
+    from atssrepro.engine.run_dir import RunDir
+
+    resolved = cfg.build_config(config, preset, set_, data)
+    run = RunDir(out if out is not None else Path("results") / cfg.config_id(resolved))
+    metrics = execute(resolved, run, preset, console)
+    if metrics:  # only the main process of a DDP run has them
+        console.print(f"run folder: {run.path}")
+        print_metrics(metrics, as_json)
+
+
+@app.command("eval")
+def eval_(
+    target: Optional[Path] = typer.Argument(None, help="A run folder or a checkpoint file."),
+    data: Optional[str] = DataOption,
+    detections: Optional[Path] = typer.Option(None, help="Score this COCO results file instead of a model."),
+    ann: Optional[Path] = typer.Option(None, help="Annotation file for --detections."),
+    backend: Optional[str] = typer.Option(None, help="pycocotools (default) or faster-coco-eval."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Evaluate a trained run or checkpoint, or score any COCO results file with --detections."""
+    if detections is not None:
+        from atssrepro.engine.coco_eval import evaluate_detections, load_detections
+
+        if ann is None or target is not None:
+            raise UserError("--detections needs --ann ANNOTATIONS.json and no run folder or checkpoint")
+        metrics = evaluate_detections(ann, load_detections(detections), backend=backend or "pycocotools")
+        print_metrics(metrics.to_json(), as_json)
+        return
+    if target is None:
+        raise UserError("give a run folder or a checkpoint file, or --detections FILE --ann FILE")
+
+    from atssrepro import distributed
+    from atssrepro.engine.evaluate import evaluate, predict, val_dataset
+    from atssrepro.engine.run import model_from_checkpoint
+    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.fileio import write_json
+
+    run = RunDir(target) if target.is_dir() else None
+    device = distributed.init_from_env()
+    model, config = model_from_checkpoint(run.checkpoint_path if run else target, device)
+    if data is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
+    if backend is not None:
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, backend=backend))
+    dataset = val_dataset(config)
+    results = predict(model, dataset, config, device, console)
+    metrics = evaluate(results, dataset, config).to_json()
+    if run is not None and data is None:
+        write_json(run.detections_path, results, indent=None)
+        write_json(run.metrics_path, metrics)
+    print_metrics(metrics, as_json)
+
+
+@app.command("config")
+def show_config(
+    config: Optional[str] = ConfigOption,
+    preset: str = PresetOption,
+    set_: list[str] = SetOption,
+    data: Optional[str] = DataOption,
+) -> None:
+    """Print the fully resolved config as TOML, headed by its id."""
+    from atssrepro import config as cfg
+
+    resolved = cfg.build_config(config, preset, set_, data)
+    stdout.print(f"# id: {cfg.config_id(resolved)}", highlight=False)
+    stdout.print(cfg.to_toml(resolved), highlight=False, markup=False)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the dataset to."),
+    train_images: int = typer.Option(64, help="Training images."),
+    val_images: int = typer.Option(32, help="Validation images."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
+) -> None:
+    """Generate the embedded default: a small COCO-format dataset of shapes, no download needed."""
+    from atssrepro.data.synth import make_synthetic_coco
+
+    make_synthetic_coco(out, train_images=train_images, val_images=val_images, seed=seed)
+    console.print(f"wrote {train_images} train and {val_images} val images to {out}")
+
+
+@data_app.command("subset")
+def data_subset(
+    coco: Path = typer.Option(..., help="Root of a full COCO (annotations/, train2017/, val2017/)."),
+    split: str = typer.Option("val2017", help="train2017 or val2017."),
+    images: int = typer.Option(..., help="How many images to take."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the subset."),
+    seed: int = typer.Option(0, help="Random seed for the choice of images."),
+) -> None:
+    """Carve a small real subset out of a full COCO."""
+    from atssrepro.data.subset import make_coco_subset
+
+    ann = make_coco_subset(coco, split, images, out, seed=seed)
+    console.print(f"wrote {images} images of {split} to {out} ({ann})")
+
+
+def check_torch_pair() -> None:
+    """Fail in one line when torchvision was built for another torch than the installed one."""
+    try:
+        import torchvision  # noqa: F401
+    except (RuntimeError, ImportError, OSError) as e:
+        import torch
+
+        raise UserError(
+            f"torchvision does not work with the installed torch {torch.__version__} "
+            f"({str(e).splitlines()[0]}); install a matching pair, e.g. pip install -c constraints.txt torch torchvision"
+        ) from None
+
+
+def main() -> None:
+    """Entry point: Typer handles usage errors (exit 2); a UserError becomes one line and exit 2."""
+    try:
+        check_torch_pair()
+        app()
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

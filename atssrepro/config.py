@@ -1,0 +1,359 @@
+"""The typed configuration that fully describes one training run.
+
+A run is ``Config(model, data, train, eval)``. The defaults are the official recipe of
+``configs/atss/atss_R_50_FPN_1x.yaml`` (the paper's main model, Table 3 row 2); see
+ATSS_TABLES.md §1. A config is built in layers, each overriding the previous one:
+
+    defaults  ->  a named built-in config or a TOML file  ->  a preset  ->  ``--set key=value``
+
+Every field is plain data, so a resolved config round-trips through TOML and gets a
+content hash (:func:`config_id`) that names its run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import tomli_w
+
+from atssrepro.errors import UserError
+
+BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    """A torchvision ResNet; its stages C3-C5 feed the FPN."""
+    weights: str = ""
+    """Pretrained weights: a local ``.pth`` state-dict file, a torchvision weights name such as
+    ``ResNet50_Weights.IMAGENET1K_V1``, or empty to train from scratch."""
+    trainable_stages: int = 3
+    """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    scale: float = 8.0
+    """Anchor side in units of the level stride: 8 gives 8S = 64..1024 on P3..P7."""
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    """Height / width of each anchor at a location (maskrcnn-benchmark convention)."""
+    scales_per_octave: int = 1
+    """Octave scales 2^(i/n), i < n, multiplied on ``scale``."""
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    topk: int = 9
+    """ATSS candidates per pyramid level, multiplied by the anchors per location (k in Table 4)."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    reg_weight: float = 2.0
+    """Weight of the centerness-weighted GIoU loss (``REG_LOSS_WEIGHT``)."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    score_threshold: float = 0.05
+    """Candidates need a classification probability above this (before centerness)."""
+    pre_nms_topk: int = 1000
+    """Candidates kept per level and image, ranked by cls x centerness."""
+    nms_iou: float = 0.6
+    detections_per_image: int = 100
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn_channels: int = 256
+    head_channels: int = 256
+    head_convs: int = 4
+    """Conv -> GroupNorm(32) -> ReLU layers in each head tower."""
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/coco"
+    """Dataset root in the COCO 2017 layout; the four paths below are relative to it."""
+    train_ann: str = "annotations/instances_train2017.json"
+    train_images: str = "train2017"
+    val_ann: str = "annotations/instances_val2017.json"
+    val_images: str = "val2017"
+    train_short_side: tuple[int, int] = (800, 800)
+    """Inclusive range the training shorter side is drawn from; (640, 800) is the 2x multi-scale recipe."""
+    test_short_side: int = 800
+    max_size: int = 1333
+    """Cap on the longer side, at training and at test."""
+    flip_prob: float = 0.5
+    size_divisible: int = 32
+    num_workers: int = 4
+    """Data-loading worker processes per training process."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 16
+    """Global batch over all processes."""
+    base_lr: float = 0.01
+    """Learning rate at batch 16; the run uses ``base_lr * batch_size / 16``."""
+    iterations: int = 90_000
+    lr_steps: tuple[int, ...] = (60_000, 80_000)
+    lr_gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    warmup_method: Literal["constant", "linear"] = "constant"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_lr_factor: float = 2.0
+    bias_weight_decay: float = 0.0
+    amp: Literal["off", "bf16", "fp16"] = "bf16"
+    """Mixed precision on CUDA; ignored on the CPU, which always trains in fp32."""
+    checkpoint_every: int = 5000
+    log_every: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 1
+    """Images per process at test time; padding changes AP by ~0.1, so it is fixed and recorded."""
+    backend: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Presets change how much compute a run takes, never which experiment it is: `paper` is the
+# official recipe (the defaults), `smoke` trains and evaluates on 2 CPU cores in about a minute.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "smoke": {
+        "model": {
+            "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5},
+            "fpn_channels": 64,
+            "head_channels": 64,
+            "head_convs": 2,
+        },
+        "data": {"train_short_side": [256, 256], "test_short_side": 256, "max_size": 416, "num_workers": 2},
+        "train": {
+            "batch_size": 4,
+            "iterations": 40,
+            "lr_steps": [30],
+            "warmup_iters": 10,
+            "checkpoint_every": 20,
+            "log_every": 5,
+        },
+    },
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the field type ``tp`` and convert lists to tuples."""
+
+    def bad() -> UserError:
+        return UserError(f"{source}: {key} = {value!r} is not valid; expected {_describe(tp)}")
+
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad()
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise bad()
+        item_type = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item_type, key, source) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise bad()
+    if not isinstance(value, tp):
+        raise bad()
+    return value
+
+
+def _merge(obj: Any, overrides: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Return a copy of the dataclass ``obj`` with the nested ``overrides`` applied, validated."""
+    types_ = _field_types(type(obj))
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        key = prefix + name
+        if name not in types_:
+            hint = difflib.get_close_matches(name, types_, n=1)
+            suggestion = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
+            raise UserError(
+                f"{source}: unknown config key {key!r}{suggestion} "
+                f"(keys here: {', '.join(prefix + k for k in types_)})"
+            )
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: {key} is a section; set its fields, e.g. {key}.{next(iter(_field_types(type(current))))}")
+            changes[name] = _merge(current, value, source, key + ".")
+        else:
+            changes[name] = _coerce(value, types_[name], key, source)
+    return dataclasses.replace(obj, **changes)
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value is a TOML value (``7``, ``0.5``, ``[640, 800]``, ``true``) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """Turn ``"model.assign.topk=7"`` into ``{"model": {"assign": {"topk": 7}}}``."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set model.assign.topk=7")
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = _parse_value(text.strip())
+    return nested
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.toml"))
+
+
+def resolve_config_source(name_or_path: str) -> Path:
+    """A built-in config name (``atss_r50_fpn_1x``) or the path of a TOML file."""
+    builtin = BUILTIN_CONFIG_DIR / f"{name_or_path}.toml"
+    if builtin.is_file():
+        return builtin
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    hint = difflib.get_close_matches(name_or_path, builtin_configs(), n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise UserError(
+        f"config {name_or_path!r} is neither a built-in config nor a file{suggestion} "
+        f"(built-in: {', '.join(builtin_configs())})"
+    )
+
+
+def apply(config: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Apply nested ``overrides`` (from a TOML file, a preset or ``--set``) to ``config``."""
+    return _merge(config, overrides, source)
+
+
+def build_config(
+    config: str | None = None,
+    preset: str = "paper",
+    overrides: typing.Sequence[str] = (),
+    data_root: str | None = None,
+) -> Config:
+    """Resolve a run's config from the CLI's ``--config``, ``--preset``, ``--set`` and ``--data``."""
+    resolved = Config()
+    if config is not None:
+        path = resolve_config_source(config)
+        resolved = apply(resolved, load_toml(path), str(path))
+    if preset not in PRESETS:
+        hint = difflib.get_close_matches(preset, PRESETS, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise UserError(f"unknown preset {preset!r}{suggestion} (presets: {', '.join(PRESETS)})")
+    resolved = apply(resolved, PRESETS[preset], f"preset {preset!r}")
+    for assignment in overrides:
+        resolved = apply(resolved, parse_override(assignment), f"--set {assignment}")
+    if data_root is not None:
+        resolved = dataclasses.replace(resolved, data=dataclasses.replace(resolved.data, root=data_root))
+    check_consistency(resolved)
+    return resolved
+
+
+def check_consistency(config: Config) -> None:
+    """Constraints between fields that the per-field types cannot express."""
+    t, d = config.train, config.data
+    lo, hi = d.train_short_side
+    problems = []
+    if lo > hi:
+        problems.append(f"data.train_short_side = [{lo}, {hi}] must be [low, high]")
+    if list(t.lr_steps) != sorted(t.lr_steps):
+        problems.append(f"train.lr_steps = {list(t.lr_steps)} must be increasing")
+    if t.batch_size < 1 or t.iterations < 1 or t.checkpoint_every < 1 or t.log_every < 1:
+        problems.append("train.batch_size, iterations, checkpoint_every and log_every must be >= 1")
+    if config.model.head_channels % 32:
+        problems.append(f"model.head_channels = {config.model.head_channels} must be a multiple of 32 (GroupNorm(32))")
+    if not 0 <= config.model.backbone.trainable_stages <= 5:
+        problems.append("model.backbone.trainable_stages must be in 0..5")
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as nested plain data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(data: dict[str, Any], source: str) -> Config:
+    config = apply(Config(), data, source)
+    check_consistency(config)
+    return config
+
+
+def to_toml(config: Config) -> str:
+    return tomli_w.dumps(to_dict(config))
+
+
+def config_id(config: Config) -> str:
+    """A short content hash: the same resolved config always gets the same id."""
+    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def data_path(config: DataConfig, relative: str) -> Path:
+    return Path(config.root) / relative

@@ -1,0 +1,69 @@
+"""Padding a list of samples into one batch of tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+
+from atssrepro.data.coco import Sample
+
+
+@dataclass
+class Batch:
+    """B images padded to a common size, with their ground truth padded to a common box count G."""
+
+    images: torch.Tensor  # [B, 3, Hp, Wp] uint8, each image at the top-left, zeros elsewhere
+    image_sizes: torch.Tensor  # [B, 2] int64 (h, w) of each resized image before padding
+    boxes: torch.Tensor  # [B, G, 4] float32 xyxy, zeros on padding rows
+    labels: torch.Tensor  # [B, G] int64, -1 on padding rows
+    box_mask: torch.Tensor  # [B, G] bool, True on real boxes
+    image_ids: torch.Tensor  # [B] int64 COCO image ids
+    original_sizes: torch.Tensor  # [B, 2] int64 (h, w) of each image as stored
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy of the batch with every tensor on ``device``."""
+        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Called by ``DataLoader(pin_memory=True)`` on each batch."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        return Batch(**{field.name: function(getattr(self, field.name)) for field in fields(self)})
+
+
+def collate(samples: list[Sample], size_divisible: int = 32) -> Batch:
+    """Stack samples into a ``Batch``, padding every image to the batch's largest height and width
+    rounded up to a multiple of ``size_divisible`` (the network's largest stride)."""
+    num_boxes = max(len(sample.boxes) for sample in samples)
+    height = _round_up(max(sample.image.shape[1] for sample in samples), size_divisible)
+    width = _round_up(max(sample.image.shape[2] for sample in samples), size_divisible)
+
+    images = torch.zeros(len(samples), 3, height, width, dtype=torch.uint8)
+    boxes = torch.zeros(len(samples), num_boxes, 4, dtype=torch.float32)
+    labels = torch.full((len(samples), num_boxes), -1, dtype=torch.int64)
+    box_mask = torch.zeros(len(samples), num_boxes, dtype=torch.bool)
+    for i, sample in enumerate(samples):
+        _, h, w = sample.image.shape
+        g = len(sample.boxes)
+        images[i, :, :h, :w] = sample.image
+        boxes[i, :g] = sample.boxes
+        labels[i, :g] = sample.labels
+        box_mask[i, :g] = True
+
+    return Batch(
+        images=images,
+        image_sizes=torch.tensor([sample.image.shape[1:] for sample in samples], dtype=torch.int64),
+        boxes=boxes,
+        labels=labels,
+        box_mask=box_mask,
+        image_ids=torch.tensor([sample.image_id for sample in samples], dtype=torch.int64),
+        original_sizes=torch.tensor([sample.original_size for sample in samples], dtype=torch.int64),
+    )
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple

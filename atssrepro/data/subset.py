@@ -1,0 +1,57 @@
+"""Carve a small real subset out of a full COCO: some images, all of their annotations, all categories."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from atssrepro.errors import UserError
+from atssrepro.fileio import atomic_write, write_json
+
+
+def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *, seed: int = 0) -> Path:
+    """Write ``num_images`` images of ``coco_root``'s ``split`` (a seeded random choice) to ``out``.
+
+    Images go to ``out/{split}/`` (hard links where possible, else copies) and their annotations to
+    ``out/annotations/instances_{split}.json``, whose path is returned. The annotation file keeps the
+    source's other top-level entries (info, licenses, all categories); images are sorted by id.
+    """
+    coco_root, out = Path(coco_root), Path(out)
+    ann_path = coco_root / "annotations" / f"instances_{split}.json"
+    image_dir = coco_root / split
+    if not ann_path.is_file():
+        raise UserError(f"annotation file {ann_path} not found; pass the COCO root that holds annotations/")
+    if not image_dir.is_dir():
+        raise UserError(f"image folder {image_dir} not found; the COCO root needs the {split}/ images")
+    if out.resolve() == coco_root.resolve():
+        raise UserError(f"output folder {out} is the COCO root itself; write the subset to another folder")
+
+    dataset = json.loads(ann_path.read_text(encoding="utf-8"))
+    available = len(dataset["images"])
+    if not 1 <= num_images <= available:
+        raise UserError(f"num_images={num_images} is out of range: {ann_path} has {available} images")
+    chosen = sorted(random.Random(seed).sample(dataset["images"], num_images), key=lambda image: image["id"])
+    chosen_ids = {image["id"] for image in chosen}
+
+    for image in chosen:
+        _link_or_copy(image_dir / image["file_name"], out / split / image["file_name"])
+    subset_path = out / "annotations" / f"instances_{split}.json"
+    annotations = [a for a in dataset["annotations"] if a["image_id"] in chosen_ids]
+    write_json(subset_path, {**dataset, "images": chosen, "annotations": annotations}, indent=None)
+    return subset_path
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target``; copy it where a link is impossible (another filesystem)."""
+    if not source.is_file():
+        raise UserError(f"image {source} is listed in the annotations but missing; re-download the COCO images")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)  # a link appears whole, so it needs no temporary file
+    except OSError:
+        with source.open("rb") as src:
+            atomic_write(target, lambda f: shutil.copyfileobj(src, f), binary=True)

@@ -1,0 +1,78 @@
+"""Inference over an annotated split, export in the COCO results format, and COCO evaluation."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from torch.utils.data import DataLoader
+
+from atssrepro import config as cfg
+from atssrepro import distributed
+from atssrepro.data.batch import collate
+from atssrepro.data.coco import CocoDetection
+from atssrepro.data.sampler import EvalBatchSampler
+from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
+from atssrepro.engine.train import autocast
+from atssrepro.model.detector import ATSSDetector
+
+
+def val_dataset(config: cfg.Config) -> CocoDetection:
+    d = config.data
+    return CocoDetection(
+        cfg.data_path(d, d.val_ann), cfg.data_path(d, d.val_images), train=False, max_size=d.max_size
+    )
+
+
+@torch.inference_mode()
+def predict(
+    model: ATSSDetector, dataset: CocoDetection, config: cfg.Config, device: torch.device, console: Console
+) -> list[dict]:
+    """Detections of every image of ``dataset`` in the COCO results format, gathered on all ranks.
+
+    Boxes are mapped back from the network's input size to the image as stored, then written
+    as [x, y, w, h] with the dataset's own category ids.
+    """
+    model.eval()
+    sampler = EvalBatchSampler(
+        len(dataset),
+        config.eval.batch_size * distributed.world_size(),
+        config.data.test_short_side,
+        distributed.rank(),
+        distributed.world_size(),
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.data.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=config.data.size_divisible),
+        pin_memory=device.type == "cuda",
+    )
+    results: list[dict] = []
+    with Progress(console=console, disable=not distributed.is_main()) as progress:
+        task = progress.add_task("[bold]eval", total=len(sampler))
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            with autocast(device, config.train.amp):
+                detections = model(batch.images, batch.image_sizes)
+            # (h, w) ratios of stored to network-input size -> xyxy multipliers.
+            ratios = (batch.original_sizes.float() / batch.image_sizes.float()).flip(1).repeat(1, 2)
+            for image_id, ratio, det in zip(batch.image_ids.tolist(), ratios, detections):
+                boxes = (det.boxes * ratio).tolist()
+                for (x1, y1, x2, y2), score, label in zip(boxes, det.scores.tolist(), det.labels.tolist()):
+                    results.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": dataset.category_ids[label],
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": score,
+                        }
+                    )
+            progress.advance(task)
+    return [r for part in distributed.all_gather_objects(results) for r in part]
+
+
+def evaluate(detections: list[dict], dataset: CocoDetection, config: cfg.Config) -> CocoMetrics:
+    return evaluate_detections(dataset.coco, detections, backend=config.eval.backend, image_ids=dataset.image_ids)

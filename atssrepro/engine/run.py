@@ -1,0 +1,81 @@
+"""One run from start to finish: train (or resume), evaluate, record state and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+
+import torch
+from rich.console import Console
+
+from atssrepro import config as cfg
+from atssrepro import distributed
+from atssrepro.engine import checkpoint
+from atssrepro.engine.coco_eval import CocoMetrics
+from atssrepro.engine.evaluate import evaluate, predict, val_dataset
+from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.train import Diverged, train
+from atssrepro.errors import UserError
+from atssrepro.fileio import write_json
+from atssrepro.model.detector import ATSSDetector
+
+
+def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> dict:
+    """Train and evaluate ``config`` in ``run``; returns the metrics written to metrics.json.
+
+    A finished run (metrics.json present) is not trained again. A run with a checkpoint resumes.
+    The run's state in run.json goes pending -> running -> done, or to diverged / failed with
+    the reason; a diverged run is not evaluated.
+    """
+    device = distributed.init_from_env()
+    if distributed.is_main():
+        run.init(config, preset)
+    distributed.barrier()
+    if run.metrics_path.exists():
+        return read_metrics(run)
+    if distributed.is_main():
+        run.set_state("running", started=time.time(), world_size=distributed.world_size(), device=str(device))
+    try:
+        model = train(config, run, device, console)
+        metrics = evaluate_model(model, config, run, device, console)
+    except Diverged as e:
+        run.set_state("diverged", message=str(e))
+        raise UserError(f"run {run.path} diverged: {e}") from None
+    except UserError as e:
+        run.set_state("failed", message=str(e))
+        raise
+    except BaseException as e:
+        # Ctrl-C and crashes leave the folder resumable; record why it stopped.
+        run.set_state("failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
+        raise
+    if distributed.is_main():
+        run.set_state("done", finished=time.time())
+    return metrics
+
+
+def evaluate_model(
+    model: ATSSDetector, config: cfg.Config, run: RunDir, device: torch.device, console: Console
+) -> dict:
+    dataset = val_dataset(config)
+    detections = predict(model, dataset, config, device, console)
+    metrics: dict = {}
+    if distributed.is_main():
+        write_json(run.detections_path, detections, indent=None)
+        result: CocoMetrics = evaluate(detections, dataset, config)
+        metrics = {**result.to_json(), "eval_batch_size": config.eval.batch_size, "world_size": distributed.world_size()}
+        write_json(run.metrics_path, metrics)
+    return metrics
+
+
+def read_metrics(run: RunDir) -> dict:
+    return json.loads(run.metrics_path.read_text())
+
+
+def model_from_checkpoint(path, device: torch.device) -> tuple[ATSSDetector, cfg.Config]:
+    """The trained model and the config it was trained with, from a checkpoint file."""
+    state = checkpoint.load(path)
+    config = cfg.from_dict(state["config"], str(path))
+    model = ATSSDetector(config.model, state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device), config

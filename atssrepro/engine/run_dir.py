@@ -1,0 +1,64 @@
+"""The folder of one run: its resolved config, state, log, checkpoint, detections and metrics.
+
+Every file is written atomically, so a killed run leaves either the previous version of a file
+or the new one, and a folder that the next start resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from atssrepro import config as cfg
+from atssrepro.errors import UserError
+from atssrepro.fileio import write_json, write_text
+
+State = Literal["pending", "running", "done", "failed", "diverged"]
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.toml"
+        self.state_path = self.path / "run.json"
+        self.log_path = self.path / "log.jsonl"
+        self.checkpoint_path = self.path / "checkpoint.pt"
+        self.detections_path = self.path / "detections.json"
+        self.metrics_path = self.path / "metrics.json"
+
+    def init(self, config: cfg.Config, preset: str) -> None:
+        """Create the folder for ``config``, or check that an existing one holds the same config."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path}: exists and is not a folder")
+        if self.config_path.exists():
+            existing = self.read_config()
+            if cfg.config_id(existing) != cfg.config_id(config):
+                raise UserError(
+                    f"{self.path} holds another run (config {cfg.config_id(existing)}, this one is "
+                    f"{cfg.config_id(config)}); pick another --out or delete that folder"
+                )
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.config_path, cfg.to_toml(config))
+        self.set_state("pending", id=cfg.config_id(config), preset=preset)
+
+    def read_config(self) -> cfg.Config:
+        if not self.config_path.is_file():
+            raise UserError(f"{self.path} is not a run folder (no config.toml)")
+        return cfg.from_dict(cfg.load_toml(self.config_path), str(self.config_path))
+
+    def info(self) -> dict[str, Any]:
+        if not self.state_path.is_file():
+            return {}
+        return json.loads(self.state_path.read_text())
+
+    def set_state(self, state: State, **fields: Any) -> None:
+        info = self.info()
+        info.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json(self.state_path, info)
+
+    def append_log(self, record: dict[str, Any]) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,235 @@
+"""The training loop: iteration based, SGD with the official recipe, AMP, DDP, resumable."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from atssrepro import config as cfg
+from atssrepro import distributed
+from atssrepro.data.batch import Batch, collate
+from atssrepro.data.coco import CocoDetection
+from atssrepro.data.sampler import TrainBatchSampler
+from atssrepro.engine import checkpoint
+from atssrepro.engine.run_dir import RunDir
+from atssrepro.model.detector import ATSSDetector
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite; the run stops without evaluating."""
+
+
+def lr_factor(iteration: int, config: cfg.TrainConfig) -> float:
+    """Multiplier on the learning rate at ``iteration`` (0-based): warmup, then step decay."""
+    warmup = 1.0
+    if iteration < config.warmup_iters:
+        if config.warmup_method == "constant":
+            warmup = config.warmup_factor
+        else:
+            alpha = iteration / config.warmup_iters
+            warmup = config.warmup_factor * (1 - alpha) + alpha
+    return warmup * config.lr_gamma ** bisect.bisect_right(config.lr_steps, iteration)
+
+
+def build_optimizer(model: nn.Module, config: cfg.TrainConfig) -> torch.optim.SGD:
+    """SGD with the maskrcnn-benchmark parameter groups: biases get 2x lr and no weight decay.
+
+    The learning rate scales linearly with the batch: ``base_lr`` is the value at batch 16.
+    """
+    lr = config.base_lr * config.batch_size / 16
+    weights, biases = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (biases if name.endswith("bias") else weights).append(parameter)
+    return torch.optim.SGD(
+        [
+            {"params": weights, "lr": lr, "weight_decay": config.weight_decay},
+            {"params": biases, "lr": lr * config.bias_lr_factor, "weight_decay": config.bias_weight_decay},
+        ],
+        lr=lr,
+        momentum=config.momentum,
+    )
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA as configured; full precision on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class TrainingState:
+    """What :func:`train` builds and a checkpoint restores."""
+
+    model: ATSSDetector
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    iteration: int  # iterations completed
+
+    def state_dict(self, config: cfg.Config, dataset: CocoDetection) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "rng": checkpoint.rng_state(),
+            "config": cfg.to_dict(config),
+            "num_classes": dataset.num_classes,
+            "category_ids": list(dataset.category_ids),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.iteration = state["iteration"]
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[Batch]:
+    for batch in loader:
+        yield batch.to(device, non_blocking=True)
+
+
+def _progress(console: Console, total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not distributed.is_main(),
+    )
+
+
+def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console) -> ATSSDetector:
+    """Train ``config`` in ``run``, resuming from its checkpoint if it has one.
+
+    Writes ``log.jsonl`` every ``train.log_every`` iterations and ``checkpoint.pt`` every
+    ``train.checkpoint_every`` iterations and at the end. Returns the trained model (unwrapped).
+
+    Raises:
+        Diverged: the loss became NaN or infinite.
+    """
+    t = config.train
+    world = distributed.world_size()
+    if t.batch_size % world:
+        raise ValueError(f"train.batch_size = {t.batch_size} is not divisible by the {world} processes")
+    dataset = CocoDetection(
+        cfg.data_path(config.data, config.data.train_ann),
+        cfg.data_path(config.data, config.data.train_images),
+        train=True,
+        max_size=config.data.max_size,
+    )
+    torch.manual_seed(t.seed)
+    model = ATSSDetector(config.model, dataset.num_classes).to(device)
+    optimizer = build_optimizer(model, t)
+    state = TrainingState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, config=t)),
+        scaler=torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and t.amp == "fp16"),
+        iteration=0,
+    )
+    if run.checkpoint_path.exists():
+        state.load_state_dict(checkpoint.load(run.checkpoint_path))
+        console.print(f"resuming {run.path} from iteration {state.iteration}")
+    if state.iteration >= t.iterations:
+        return model
+
+    ddp_model = DistributedDataParallel(model) if distributed.is_initialized() else model
+    sampler = TrainBatchSampler(
+        dataset.aspect_groups(),
+        t.batch_size,
+        config.data.train_short_side,
+        config.data.flip_prob,
+        seed=t.seed,
+        start_iter=state.iteration,
+        rank=distributed.rank(),
+        world_size=world,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.data.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=config.data.size_divisible),
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,
+    )
+    batches = _batches(loader, device)
+    if distributed.is_main():
+        console.print(
+            f"training {cfg.config_id(config)}: {len(dataset)} images, {dataset.num_classes} classes, "
+            f"batch {t.batch_size} over {world} process(es), lr {optimizer.param_groups[0]['lr']:g}, "
+            f"{t.iterations} iterations on {device}"
+        )
+
+    model.train()
+    window_start, window_iters = time.perf_counter(), 0
+    loss_sums: dict[str, torch.Tensor] = {}
+    with _progress(console, t.iterations) as progress:
+        task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
+        while state.iteration < t.iterations:
+            batch = next(batches)
+            with autocast(device, t.amp):
+                losses = ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.box_mask)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            state.scaler.scale(loss).backward()
+            state.scaler.step(optimizer)
+            state.scaler.update()
+            state.scheduler.step()
+            state.iteration += 1
+            window_iters += 1
+            for name, value in losses.items():
+                loss_sums[name] = loss_sums.get(name, 0) + value.detach()
+
+            done = state.iteration == t.iterations
+            if state.iteration % t.log_every == 0 or state.iteration % t.checkpoint_every == 0 or done:
+                # The only host sync of the loop: mean losses of the window, over all ranks.
+                means = distributed.all_reduce_mean(torch.stack(list(loss_sums.values())))
+                means = (means / window_iters).tolist()
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "iter": state.iteration,
+                    "loss": sum(means),
+                    **dict(zip(loss_sums, means)),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "img_per_s": window_iters * t.batch_size / elapsed,
+                    "time": time.time(),
+                }
+                if not all(map(torch.isfinite, torch.tensor(means))):
+                    raise Diverged(
+                        f"loss is {record['loss']} in iterations {state.iteration - window_iters + 1}"
+                        f"..{state.iteration}; lower train.base_lr or use train.amp=fp16/off"
+                    )
+                if distributed.is_main():
+                    run.append_log(record)
+                progress.update(
+                    task,
+                    completed=state.iteration,
+                    status=f"loss {record['loss']:.3f} (cls {means[0]:.3f}) lr {record['lr']:.2e} "
+                    f"{record['img_per_s']:.1f} img/s",
+                )
+                window_start, window_iters, loss_sums = time.perf_counter(), 0, {}
+            if state.iteration % t.checkpoint_every == 0 or done:
+                if distributed.is_main():
+                    checkpoint.save(run.checkpoint_path, state.state_dict(config, dataset))
+                distributed.barrier()
+    return model

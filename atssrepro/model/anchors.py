@@ -1,0 +1,69 @@
+"""Anchors tiled over the P3-P7 feature maps."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
+"""Total stride of P3..P7."""
+
+
+def cell_anchors(stride: int, scale: float, aspect_ratios: Sequence[float], scales_per_octave: int) -> torch.Tensor:
+    """The A anchors of one location, centred on the origin.
+
+    Sides are ``scale * stride * 2^(i / scales_per_octave)``; ``ratio`` is height / width at
+    constant area. Anchors are ordered scale-major, as in maskrcnn-benchmark.
+
+    Returns:
+        [A, 4] float32 xyxy, A = len(aspect_ratios) * scales_per_octave.
+    """
+    anchors = []
+    for octave in range(scales_per_octave):
+        side = scale * stride * 2.0 ** (octave / scales_per_octave)
+        for ratio in aspect_ratios:
+            w = side / math.sqrt(ratio)
+            h = side * math.sqrt(ratio)
+            anchors.append([-w / 2, -h / 2, w / 2, h / 2])
+    return torch.tensor(anchors, dtype=torch.float32)
+
+
+def grid_anchors(
+    feature_sizes: Sequence[tuple[int, int]],
+    scale: float,
+    aspect_ratios: Sequence[float],
+    scales_per_octave: int,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """Anchors of every level, concatenated in level order.
+
+    Location (i, j) of a level with stride S is centred at ((j + 0.5) S, (i + 0.5) S), the
+    official convention, which puts anchor centres on FCOS's points. Within a level the order is
+    row-major over locations, then the A anchors of a location; this matches the head's
+    ``[B, A * C, H, W] -> [B, H * W * A, C]`` flattening.
+
+    Args:
+        feature_sizes: (H, W) of P3..P7.
+
+    Returns:
+        anchors: [N, 4] float32 xyxy, N = sum over levels of H * W * A.
+        num_per_level: the N of each level.
+    """
+    all_anchors, num_per_level = [], []
+    for (h, w), stride in zip(feature_sizes, STRIDES):
+        base = cell_anchors(stride, scale, aspect_ratios, scales_per_octave).to(device)
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
+        level = (centres + base[None]).reshape(-1, 4)
+        all_anchors.append(level)
+        num_per_level.append(level.shape[0])
+    return torch.cat(all_anchors), num_per_level
+
+
+def box_centres(boxes: torch.Tensor) -> torch.Tensor:
+    """[..., 4] xyxy -> [..., 2] (cx, cy)."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2

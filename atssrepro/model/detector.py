@@ -1,0 +1,86 @@
+"""The one-stage detector: backbone + FPN, head, anchors, assigner, losses, post-processing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atssrepro.config import ModelConfig
+from atssrepro.model import assign
+from atssrepro.model.anchors import grid_anchors
+from atssrepro.model.backbone import ResNetFPN
+from atssrepro.model.head import ATSSHead
+from atssrepro.model.losses import atss_losses
+from atssrepro.model.postprocess import Detections, postprocess
+
+# torchvision's ImageNet statistics, in 0-255 RGB, matching its pretrained ResNets.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class ATSSDetector(nn.Module):
+    """RetinaNet (#A=1) with the FCOS improvements and ATSS assignment: the paper's main model.
+
+    ``forward`` returns the loss dict when targets are given, else the detections.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.backbone = ResNetFPN(config.backbone, config.fpn_channels)
+        anchors = config.anchors
+        self.anchors_per_location = len(anchors.aspect_ratios) * anchors.scales_per_octave
+        self.head = ATSSHead(
+            config.fpn_channels,
+            num_classes,
+            self.anchors_per_location,
+            channels=config.head_channels,
+            num_convs=config.head_convs,
+        )
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> float [B, 3, H, W], with the padding zero after normalisation."""
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device)[None, :, None] < image_sizes[:, 0, None, None]
+        cols = torch.arange(w, device=x.device)[None, None, :] < image_sizes[:, 1, None, None]
+        return x * (rows & cols)[:, None].to(x.dtype)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        image_sizes: torch.Tensor,
+        gt_boxes: torch.Tensor | None = None,
+        gt_labels: torch.Tensor | None = None,
+        gt_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor] | list[Detections]:
+        """
+        Args:
+            images: [B, 3, H, W] uint8 RGB, padded to multiples of 32.
+            image_sizes: [B, 2] int64 (h, w) before padding.
+            gt_boxes: [B, G, 4] xyxy; gt_labels: [B, G] int64; gt_mask: [B, G] bool. Training only.
+
+        Returns:
+            Training: ``{"cls", "reg", "centerness"}`` scalar losses. Inference: a
+            :class:`Detections` per image, in the coordinates of ``images``.
+        """
+        features = self.backbone(self.normalize(images, image_sizes))
+        cls_logits, box_regression, centerness = self.head(features)
+        a = self.config.anchors
+        anchors, num_per_level = grid_anchors(
+            [f.shape[-2:] for f in features], a.scale, a.aspect_ratios, a.scales_per_octave, images.device
+        )
+        if gt_boxes is None:
+            return postprocess(
+                cls_logits, box_regression, centerness, anchors, num_per_level, image_sizes, self.config.inference
+            )
+        with torch.no_grad():
+            matched = assign.atss(
+                anchors, num_per_level, self.anchors_per_location, gt_boxes, gt_mask, self.config.assign.topk
+            )
+        return atss_losses(
+            cls_logits, box_regression, centerness, anchors, matched, gt_boxes, gt_labels, self.config.loss
+        )

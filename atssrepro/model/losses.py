@@ -1,0 +1,91 @@
+"""The ATSS training losses, normalised exactly as the official code does it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from atssrepro import distributed
+from atssrepro.config import LossConfig
+from atssrepro.model import box_coder
+from atssrepro.model.anchors import box_centres
+from atssrepro.model.assign import IGNORE
+
+GIOU_EPS = 1e-7
+
+
+def centerness_target(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """FCOS centerness of each point in its box: sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)).
+
+    Args:
+        points: [P, 2] (x, y), strictly inside ``boxes``.
+        boxes: [P, 4] xyxy.
+
+    Returns:
+        [P] in (0, 1].
+    """
+    left, top = points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1]
+    right, bottom = boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]
+    lr = torch.minimum(left, right) / torch.maximum(left, right)
+    tb = torch.minimum(top, bottom) / torch.maximum(top, bottom)
+    return torch.sqrt(lr * tb)
+
+
+def atss_losses(
+    cls_logits: torch.Tensor,
+    box_regression: torch.Tensor,
+    centerness: torch.Tensor,
+    anchors: torch.Tensor,
+    matched: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    config: LossConfig,
+) -> dict[str, torch.Tensor]:
+    """Focal loss, centerness-weighted GIoU loss and centerness BCE.
+
+    Normalisers are averaged over all ranks, so the gradient does not depend on how the batch
+    is split across GPUs: classification and centerness by max(mean #positives, 1), regression
+    by the mean sum of centerness targets. Every rank enters the one all-reduce, also when it
+    has no positive.
+
+    Args:
+        cls_logits: [B, N, C]. box_regression: [B, N, 4] deltas. centerness: [B, N] logits.
+        anchors: [N, 4] xyxy.
+        matched: [B, N] from an assigner (GT index, BACKGROUND or IGNORE).
+        gt_boxes: [B, G, 4] xyxy. gt_labels: [B, G] int64.
+
+    Returns:
+        ``{"cls": ..., "reg": ..., "centerness": ...}``, scalar float32 tensors.
+    """
+    cls_logits, box_regression, centerness = cls_logits.float(), box_regression.float(), centerness.float()
+    positive = matched >= 0  # [B, N]
+    gt_index = matched.clamp(min=0)
+
+    labels = gt_labels.gather(1, gt_index)  # [B, N]
+    cls_targets = torch.zeros_like(cls_logits)
+    cls_targets[positive, labels[positive]] = 1.0
+    cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, config.focal_alpha, config.focal_gamma, reduction="none")
+    if (matched == IGNORE).any():
+        cls_loss = cls_loss * (matched != IGNORE).unsqueeze(-1)
+
+    batch_index, anchor_index = positive.nonzero(as_tuple=True)
+    pos_anchors = anchors[anchor_index]  # [P, 4]
+    pos_gt = gt_boxes[batch_index, gt_index[batch_index, anchor_index]]  # [P, 4]
+    ctr_targets = centerness_target(box_centres(pos_anchors), pos_gt)
+
+    totals = distributed.all_reduce_mean(torch.stack([positive.sum().float(), ctr_targets.sum()]))
+    num_pos = totals[0].clamp(min=1.0)
+    ctr_sum = torch.where(totals[1] > 0, totals[1], torch.ones_like(totals[1]))
+
+    # Decoded boxes have positive width and height (exp of the log deltas), as GIoU needs.
+    pred_boxes = box_coder.decode(pos_anchors, box_regression[batch_index, anchor_index])
+    giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none", eps=GIOU_EPS)
+    ctr_loss = F.binary_cross_entropy_with_logits(
+        centerness[batch_index, anchor_index], ctr_targets, reduction="sum"
+    )
+    return {
+        "cls": cls_loss.sum() / num_pos,
+        "reg": config.reg_weight * (giou * ctr_targets).sum() / ctr_sum,
+        "centerness": ctr_loss / num_pos,
+    }
