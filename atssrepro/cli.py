@@ -35,9 +35,9 @@ def print_metrics(metrics: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"COCO bbox ({metrics['backend']}, {metrics['num_images']} images)")
+    table = Table(title=f"COCO bbox AP/AR % ({metrics['backend']}, {metrics['num_images']} images)", padding=(0, 1))
     for name in metrics["stats"]:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     table.add_row(*(f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics["stats"].values()))
     stdout.print(table)
 
@@ -173,5 +173,8 @@ def main() -> None:
         check_torch_pair()
         app()
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # An error raised in a DataLoader worker arrives wrapped in the worker's traceback text;
+        # its last line holds the message.
+        message = str(e).strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -256,14 +256,19 @@ def parse_override(assignment: str) -> dict[str, Any]:
     return nested
 
 
+def load_toml_text(text: str, source: str = "<text>") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{source}: not valid TOML ({e})") from None
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
+    return load_toml_text(text, str(path))
 
 
 def builtin_configs() -> list[str]:

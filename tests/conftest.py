@@ -21,3 +21,13 @@ def tiny_coco() -> Path:
     if not (root / "annotations" / "instances_val2017.json").is_file():
         pytest.skip(f"tiny COCO not found at {root}; set ATSSREPRO_TINY_COCO")
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_coco(tmp_path_factory) -> Path:
+    """A small synthetic COCO-format dataset (8 train, 4 val images), made once per session."""
+    from atssrepro.data.synth import make_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic_coco(root, train_images=8, val_images=4, seed=0, min_side=128, max_side=192)
+    return root

@@ -61,6 +61,8 @@ def atss_losses(
     cls_logits, box_regression, centerness = cls_logits.float(), box_regression.float(), centerness.float()
     positive = matched >= 0  # [B, N]
     gt_index = matched.clamp(min=0)
+    if gt_boxes.shape[1] == 0:  # no GT at all: give gather a dummy column that no positive uses
+        gt_boxes, gt_labels = gt_boxes.new_zeros(len(gt_boxes), 1, 4), gt_labels.new_zeros(len(gt_labels), 1)
 
     labels = gt_labels.gather(1, gt_index)  # [B, N]
     cls_targets = torch.zeros_like(cls_logits)

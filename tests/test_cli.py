@@ -1,0 +1,60 @@
+"""The command line: error handling and the commands that need no training."""
+
+from __future__ import annotations
+
+import json
+
+from cli import TINY, atssrepro, metrics_of
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_config_prints_resolved_toml_with_id():
+    result = atssrepro("config", "--preset", "smoke", "--set", "model.assign.topk=7")
+    assert result.stdout.startswith("# id: ")
+    assert "topk = 7" in result.stdout and 'name = "resnet18"' in result.stdout
+
+
+def test_unknown_key_is_a_one_line_error():
+    assert_one_line_error(atssrepro("config", "--set", "train.iterationz=3", check=False), "did you mean 'train.iterations'")
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    result = atssrepro("train", *TINY, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), check=False)
+    assert_one_line_error(result, "instances_train2017.json", "--data")
+
+
+def test_eval_scores_any_results_file(tiny_coco, tmp_path):
+    ann = tiny_coco / "annotations" / "instances_val2017.json"
+    gt = json.loads(ann.read_text())
+    detections = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(detections))
+    for backend in ("pycocotools", "faster-coco-eval"):
+        metrics = metrics_of(atssrepro("eval", "--detections", str(path), "--ann", str(ann), "--backend", backend, "--json"))
+        assert metrics["stats"]["AP"] > 0.99 and set(metrics["stats"]) >= {"AP50", "ARl"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"image_id": 1}]')
+    assert_one_line_error(atssrepro("eval", "--detections", str(bad), "--ann", str(ann), check=False), "bad.json")
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    assert_one_line_error(atssrepro("eval", str(checkpoint), check=False), "checkpoint.pt", "corrupt")
+
+
+def test_data_synth_writes_a_coco_dataset(tmp_path):
+    atssrepro("data", "synth", "--out", str(tmp_path), "--train-images", "2", "--val-images", "1")
+    assert len(json.loads((tmp_path / "annotations" / "instances_val2017.json").read_text())["images"]) == 1

@@ -1,0 +1,77 @@
+"""The typed config: paper defaults, layering, validation, TOML round trip and ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from atssrepro import config as cfg
+from atssrepro.engine.train import lr_factor
+from atssrepro.errors import UserError
+
+
+def test_defaults_are_the_official_recipe():
+    c = cfg.Config()
+    t = c.train
+    assert (t.batch_size, t.base_lr, t.iterations, t.lr_steps, t.lr_gamma) == (16, 0.01, 90_000, (60_000, 80_000), 0.1)
+    assert (t.warmup_method, t.warmup_iters, t.warmup_factor) == ("constant", 500, pytest.approx(1 / 3))
+    assert (t.momentum, t.weight_decay, t.bias_lr_factor, t.bias_weight_decay) == (0.9, 1e-4, 2.0, 0.0)
+    assert (c.data.train_short_side, c.data.test_short_side, c.data.max_size) == ((800, 800), 800, 1333)
+    m = c.model
+    assert (m.assign.topk, m.anchors.scale, m.anchors.aspect_ratios, m.backbone.trainable_stages) == (9, 8.0, (1.0,), 3)
+    i = m.inference
+    assert (i.score_threshold, i.pre_nms_topk, i.nms_iou, i.detections_per_image) == (0.05, 1000, 0.6, 100)
+    assert cfg.build_config("atss_r50_fpn_1x") == c
+
+
+def test_layers_apply_in_order(tmp_path):
+    path = tmp_path / "k7.toml"
+    path.write_text("[model.assign]\ntopk = 7\n[train]\niterations = 123\n")
+    c = cfg.build_config(str(path), "smoke", ["train.iterations=5", "data.train_short_side=[640, 800]"], "/data")
+    assert c.model.assign.topk == 7  # from the file
+    assert c.model.backbone.name == "resnet18"  # from the preset
+    assert c.train.iterations == 5  # --set wins over the preset and the file
+    assert c.data.train_short_side == (640, 800) and c.data.root == "/data"
+
+
+def test_toml_round_trip_and_content_id():
+    c = cfg.build_config(None, "smoke", ["model.anchors.aspect_ratios=[0.5, 2]"])
+    again = cfg.from_dict(cfg.load_toml_text(cfg.to_toml(c)), "round trip")
+    assert again == c and cfg.config_id(again) == cfg.config_id(c)
+    assert cfg.config_id(cfg.build_config(None, "smoke", ["model.assign.topk=7"])) != cfg.config_id(
+        cfg.build_config(None, "smoke")
+    )
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("model.asign.topk=7", "did you mean 'model.assign'"),
+        ("train.amp=fp32", "one of 'off', 'bf16', 'fp16'"),
+        ("train.batch_size=abc", "expected an integer"),
+        ("train.batch_size=true", "expected an integer"),
+        ("model.assign=3", "model.assign is a section"),
+        ("topk", "expected KEY=VALUE"),
+        ("train.lr_steps=[80000, 60000]", "must be increasing"),
+        ("model.head_channels=48", "multiple of 32"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(assignment, message):
+    with pytest.raises(UserError, match=message) as error:
+        cfg.build_config(None, "paper", [assignment])
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_preset_and_config_name():
+    with pytest.raises(UserError, match="did you mean 'smoke'"):
+        cfg.build_config(None, "smok")
+    with pytest.raises(UserError, match="did you mean 'atss_r50_fpn_1x'"):
+        cfg.build_config("atss_r50_fpn_1", "paper")
+
+
+def test_lr_schedule_constant_warmup_then_steps():
+    t = cfg.TrainConfig()
+    assert lr_factor(0, t) == pytest.approx(1 / 3) and lr_factor(499, t) == pytest.approx(1 / 3)
+    assert lr_factor(500, t) == 1.0 and lr_factor(59_999, t) == 1.0
+    assert lr_factor(60_000, t) == pytest.approx(0.1) and lr_factor(80_000, t) == pytest.approx(0.01)
+    linear = cfg.TrainConfig(warmup_method="linear")
+    assert lr_factor(0, linear) == pytest.approx(1 / 3) and lr_factor(250, linear) == pytest.approx(2 / 3)

@@ -1,0 +1,94 @@
+"""Losses, box coding and anchors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from atssrepro.config import LossConfig
+from atssrepro.model import box_coder
+from atssrepro.model.anchors import cell_anchors, grid_anchors
+from atssrepro.model.assign import BACKGROUND, IGNORE, atss
+from atssrepro.model.losses import atss_losses, centerness_target
+
+
+def test_centerness_target_by_hand():
+    points = torch.tensor([[5.0, 5.0], [5.0, 10.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 20.0]])
+    # l = r = 5; t = 5, b = 15 -> sqrt(1 * 5 / 15); the box centre has centerness 1.
+    assert centerness_target(points, boxes).tolist() == pytest.approx([math.sqrt(1 / 3), 1.0])
+
+
+def test_box_coder_round_trip_and_clamp():
+    anchors = torch.tensor([[0.0, 0.0, 64.0, 64.0], [100.0, 50.0, 132.0, 60.0]])
+    boxes = torch.tensor([[4.0, -3.0, 70.0, 50.0], [90.0, 40.0, 200.0, 90.0]])
+    deltas = box_coder.encode(anchors, boxes)
+    assert torch.allclose(box_coder.decode(anchors, deltas), boxes, atol=1e-4)
+    assert deltas[0, :2].tolist() == pytest.approx([10 * 5 / 64, 10 * -8.5 / 64])  # weights 10, 10
+    huge = box_coder.decode(anchors[:1], torch.tensor([[0.0, 0.0, 100.0, 100.0]]))
+    assert (huge[0, 2] - huge[0, 0]).item() == pytest.approx(64 * 1000 / 16, rel=1e-4)
+
+
+def test_anchors_official_centres_and_sizes():
+    anchors, levels = grid_anchors([(2, 2), (1, 1)], 8.0, (1.0,), 1)
+    assert levels == [4, 1]
+    # Stride 8: centres at 4 and 12; side 8S = 64. Stride 16: centre 8, side 128.
+    assert anchors[:4].tolist() == [[-28, -28, 36, 36], [-20, -28, 44, 36], [-28, -20, 36, 44], [-20, -20, 44, 44]]
+    assert anchors[4].tolist() == [-56, -56, 72, 72]
+    tall = cell_anchors(16, 8.0, (4.0,), 1)[0]  # ratio = h / w at area (8S)^2
+    assert (tall[3] - tall[1]).item() == pytest.approx(256) and (tall[2] - tall[0]).item() == pytest.approx(64)
+    assert cell_anchors(8, 4.0, (0.5, 1.0, 2.0), 3).shape == (9, 4)
+
+
+def setup(batch_gts):
+    anchors, levels = grid_anchors([(16, 16), (8, 8), (4, 4)], 8.0, (1.0,), 1)
+    g = max(len(b) for b in batch_gts)
+    boxes = torch.zeros(len(batch_gts), g, 4)
+    labels = torch.full((len(batch_gts), g), -1)
+    mask = torch.zeros(len(batch_gts), g, dtype=torch.bool)
+    for i, gts in enumerate(batch_gts):
+        for j, box in enumerate(gts):
+            boxes[i, j], labels[i, j], mask[i, j] = torch.tensor(box, dtype=torch.float32), j % 3, True
+    matched = atss(anchors, levels, 1, boxes, mask)
+    return anchors, matched, boxes, labels
+
+
+def head(batch, n, requires_grad=True):
+    generator = torch.Generator().manual_seed(0)
+    cls = torch.randn(1, n, 3, generator=generator).repeat(batch, 1, 1) - 3
+    reg = 0.1 * torch.randn(1, n, 4, generator=generator).repeat(batch, 1, 1)
+    ctr = torch.randn(1, n, generator=generator).repeat(batch, 1)
+    return [t.requires_grad_(requires_grad) for t in (cls, reg, ctr)]
+
+
+def test_empty_gt_gives_classification_loss_only_and_a_graph():
+    anchors, matched, boxes, labels = setup([[]])
+    cls, reg, ctr = head(1, anchors.shape[0])
+    losses = atss_losses(cls, reg, ctr, anchors, matched, boxes, labels, LossConfig())
+    assert losses["cls"] > 0 and losses["reg"] == 0 and losses["centerness"] == 0
+    sum(losses.values()).backward()
+    assert reg.grad is not None and torch.all(reg.grad == 0)
+
+
+def test_losses_are_normalised_per_positive_not_per_image():
+    gts = [[10, 20, 90, 70], [40, 40, 120, 120]]
+    anchors, matched, boxes, labels = setup([gts])
+    one = atss_losses(*head(1, anchors.shape[0]), anchors, matched, boxes, labels, LossConfig())
+    anchors, matched, boxes, labels = setup([gts, gts])
+    two = atss_losses(*head(2, anchors.shape[0]), anchors, matched, boxes, labels, LossConfig())
+    assert all(one[k] > 0 for k in one)
+    for k in one:  # two copies of the image: twice the sums, twice the normalisers
+        assert two[k].item() == pytest.approx(one[k].item(), rel=1e-5)
+
+
+def test_ignored_anchors_do_not_count_in_classification():
+    anchors, matched, boxes, labels = setup([[[10, 20, 90, 70]]])
+    cls, reg, ctr = head(1, anchors.shape[0], requires_grad=False)
+    background = (matched[0] == BACKGROUND).nonzero()[:5, 0]
+    cls[0, background] = 5.0  # confident false positives
+    base = atss_losses(cls, reg, ctr, anchors, matched, boxes, labels, LossConfig())["cls"]
+    matched[0, background] = IGNORE
+    ignored = atss_losses(cls, reg, ctr, anchors, matched, boxes, labels, LossConfig())["cls"]
+    assert ignored < base
