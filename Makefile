@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The main job on the embedded default: generate the synthetic COCO-format dataset, then train
-# and evaluate the smoke-sized ATSS detector on it (about 2 minutes on 2 CPU cores).
+# and evaluate the smoke-sized ATSS detector on it (about 3 minutes on 2 CPU cores).
 demo: setup
 	$(VENV)/bin/atssrepro data synth --out data/synth
-	$(VENV)/bin/atssrepro train --preset smoke --data data/synth --out results/demo
+	$(VENV)/bin/atssrepro train --preset demo --data data/synth --out results/demo
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -35,7 +36,7 @@ def print_metrics(metrics: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"COCO bbox AP/AR % ({metrics['backend']}, {metrics['num_images']} images)", padding=(0, 1))
+    table = Table(title=f"COCO bbox AP/AR % ({metrics['backend']}, {metrics['num_images']} images)", box=box.SIMPLE_HEAD)
     for name in metrics["stats"]:
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     table.add_row(*(f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics["stats"].values()))
@@ -56,12 +57,14 @@ def train(
     A run folder that already holds a checkpoint is resumed; a finished one is not retrained.
     """
     from atssrepro import config as cfg
+    from atssrepro import distributed
     from atssrepro.engine.run import execute
     from atssrepro.engine.run_dir import RunDir
 
     resolved = cfg.build_config(config, preset, set_, data)
     run = RunDir(out if out is not None else Path("results") / cfg.config_id(resolved))
     metrics = execute(resolved, run, preset, console)
+    distributed.destroy()
     if metrics:  # only the main process of a DDP run has them
         console.print(f"run folder: {run.path}")
         print_metrics(metrics, as_json)

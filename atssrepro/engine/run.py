@@ -14,7 +14,7 @@ from atssrepro import distributed
 from atssrepro.engine import checkpoint
 from atssrepro.engine.coco_eval import CocoMetrics
 from atssrepro.engine.evaluate import evaluate, predict, val_dataset
-from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.run_dir import RunDir, State
 from atssrepro.engine.train import Diverged, train
 from atssrepro.errors import UserError
 from atssrepro.fileio import write_json
@@ -34,24 +34,28 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     distributed.barrier()
     if run.metrics_path.exists():
         return read_metrics(run)
-    if distributed.is_main():
-        run.set_state("running", started=time.time(), world_size=distributed.world_size(), device=str(device))
+    _record(run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device))
     try:
         model = train(config, run, device, console)
         metrics = evaluate_model(model, config, run, device, console)
     except Diverged as e:
-        run.set_state("diverged", message=str(e))
+        _record(run, "diverged", message=str(e))
         raise UserError(f"run {run.path} diverged: {e}") from None
     except UserError as e:
-        run.set_state("failed", message=str(e))
+        _record(run, "failed", message=str(e))
         raise
     except BaseException as e:
         # Ctrl-C and crashes leave the folder resumable; record why it stopped.
-        run.set_state("failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
+        _record(run, "failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
         raise
-    if distributed.is_main():
-        run.set_state("done", finished=time.time())
+    _record(run, "done", finished=time.time())
     return metrics
+
+
+def _record(run: RunDir, state: State, **fields) -> None:
+    """Only the main process writes the run's state."""
+    if distributed.is_main():
+        run.set_state(state, **fields)
 
 
 def evaluate_model(

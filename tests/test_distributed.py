@@ -1,0 +1,40 @@
+"""DDP on the CPU (gloo): two processes with one image each train exactly like one process
+with both images, because the loss normalisers are averaged over ranks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from atssrepro.data.synth import make_synthetic_coco
+from atssrepro.engine import checkpoint
+from cli import TINY, atssrepro
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process(tmp_path):
+    # Equal image sizes give both set-ups the same padding, hence the same anchors.
+    data = tmp_path / "data"
+    make_synthetic_coco(data, train_images=4, val_images=3, seed=1, min_side=128, max_side=128)
+    args = [*TINY, "--data", str(data), "--set", "train.iterations=4", "--set", "data.num_workers=0"]
+
+    atssrepro("train", *args, "--out", str(tmp_path / "single"))
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "atssrepro", "train", *args, "--out", str(tmp_path / "ddp"), "--json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    single = checkpoint.load(tmp_path / "single" / "checkpoint.pt")["model"]
+    distributed = checkpoint.load(tmp_path / "ddp" / "checkpoint.pt")["model"]
+    for name, weight in single.items():
+        torch.testing.assert_close(distributed[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    info = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert info["state"] == "done" and info["world_size"] == 2
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["num_images"] == 3 and metrics["world_size"] == 2
