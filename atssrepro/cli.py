@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich import box
@@ -15,7 +14,10 @@ from rich.table import Table
 
 from atssrepro.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Reproduce the tables of the ATSS paper (CVPR 2020): train, evaluate, report.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Make datasets: the embedded synthetic one, or a real COCO subset.")
@@ -36,7 +38,9 @@ def print_metrics(metrics: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(metrics))
         return
-    table = Table(title=f"COCO bbox AP/AR % ({metrics['backend']}, {metrics['num_images']} images)", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"COCO bbox AP/AR % ({metrics['backend']}, {metrics['num_images']} images)", box=box.SIMPLE_HEAD
+    )
     for name in metrics["stats"]:
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     table.add_row(*(f"{100 * v:.1f}" if v >= 0 else "-" for v in metrics["stats"].values()))
@@ -45,11 +49,11 @@ def print_metrics(metrics: dict, as_json: bool) -> None:
 
 @app.command()
 def train(
-    config: Optional[str] = ConfigOption,
+    config: str | None = ConfigOption,
     preset: str = PresetOption,
     set_: list[str] = SetOption,
-    data: Optional[str] = DataOption,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default results/<config id>)."),
+    data: str | None = DataOption,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default results/<config id>)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Train one detector, evaluate it on the validation split, and print its COCO metrics.
@@ -72,11 +76,11 @@ def train(
 
 @app.command("eval")
 def eval_(
-    target: Optional[Path] = typer.Argument(None, help="A run folder or a checkpoint file."),
-    data: Optional[str] = DataOption,
-    detections: Optional[Path] = typer.Option(None, help="Score this COCO results file instead of a model."),
-    ann: Optional[Path] = typer.Option(None, help="Annotation file for --detections."),
-    backend: Optional[str] = typer.Option(None, help="pycocotools (default) or faster-coco-eval."),
+    target: Path | None = typer.Argument(None, help="A run folder or a checkpoint file."),
+    data: str | None = DataOption,
+    detections: Path | None = typer.Option(None, help="Score this COCO results file instead of a model."),
+    ann: Path | None = typer.Option(None, help="Annotation file for --detections."),
+    backend: str | None = typer.Option(None, help="pycocotools (default) or faster-coco-eval."),
     as_json: bool = JsonOption,
 ) -> None:
     """Evaluate a trained run or checkpoint, or score any COCO results file with --detections."""
@@ -92,10 +96,8 @@ def eval_(
         raise UserError("give a run folder or a checkpoint file, or --detections FILE --ann FILE")
 
     from atssrepro import distributed
-    from atssrepro.engine.evaluate import evaluate, predict, val_dataset
-    from atssrepro.engine.run import model_from_checkpoint
+    from atssrepro.engine.run import evaluate_model, model_from_checkpoint
     from atssrepro.engine.run_dir import RunDir
-    from atssrepro.fileio import write_json
 
     run = RunDir(target) if target.is_dir() else None
     device = distributed.init_from_env()
@@ -104,21 +106,19 @@ def eval_(
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
     if backend is not None:
         config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, backend=backend))
-    dataset = val_dataset(config)
-    results = predict(model, dataset, config, device, console)
-    metrics = evaluate(results, dataset, config).to_json()
-    if run is not None and data is None:
-        write_json(run.detections_path, results, indent=None)
-        write_json(run.metrics_path, metrics)
-    print_metrics(metrics, as_json)
+    # A run folder evaluated on its own data keeps the new metrics; other data only prints them.
+    metrics = evaluate_model(model, config, device, console, run if data is None else None)
+    distributed.destroy()
+    if metrics:
+        print_metrics(metrics, as_json)
 
 
 @app.command("config")
 def show_config(
-    config: Optional[str] = ConfigOption,
+    config: str | None = ConfigOption,
     preset: str = PresetOption,
     set_: list[str] = SetOption,
-    data: Optional[str] = DataOption,
+    data: str | None = DataOption,
 ) -> None:
     """Print the fully resolved config as TOML, headed by its id."""
     from atssrepro import config as cfg
@@ -166,7 +166,7 @@ def check_torch_pair() -> None:
 
         raise UserError(
             f"torchvision does not work with the installed torch {torch.__version__} "
-            f"({str(e).splitlines()[0]}); install a matching pair, e.g. pip install -c constraints.txt torch torchvision"
+            f"({str(e).splitlines()[0]}); install a matching pair: pip install -c constraints.txt torch torchvision"
         ) from None
 
 

@@ -235,13 +235,13 @@ def _merge(obj: Any, overrides: dict[str, Any], source: str, prefix: str = "") -
             hint = difflib.get_close_matches(name, types_, n=1)
             suggestion = f"; did you mean {prefix + hint[0]!r}?" if hint else ""
             raise UserError(
-                f"{source}: unknown config key {key!r}{suggestion} "
-                f"(keys here: {', '.join(prefix + k for k in types_)})"
+                f"{source}: unknown config key {key!r}{suggestion} (keys here: {', '.join(prefix + k for k in types_)})"
             )
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise UserError(f"{source}: {key} is a section; set its fields, e.g. {key}.{next(iter(_field_types(type(current))))}")
+                example = next(iter(_field_types(type(current))))
+                raise UserError(f"{source}: {key} is a section; set its fields, e.g. {key}.{example}")
             changes[name] = _merge(current, value, source, key + ".")
         else:
             changes[name] = _coerce(value, types_[name], key, source)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import platform
 import statistics
 import time
@@ -82,15 +83,13 @@ def main() -> None:
     atss = ATSSDetector(ModelConfig(), NUM_CLASSES).to(device).train()
     fcos = torchvision_fcos(args.height, args.width).to(device).train()
     fcos_images = [image.float() / 255 for image in images]
-    fcos_targets = [{"boxes": b, "labels": l} for b, l in zip(boxes, labels)]
+    fcos_targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels)]
     optimizers = {
         name: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
         for name, model in (("atss", atss), ("fcos", fcos))
     }
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
-    )
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
     def step(name: str) -> None:
@@ -119,7 +118,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"atss": [], "fcos": [], "assign+loss": []}
     for i in range(args.steps + 1):
         for name in ("atss", "fcos"):
-            elapsed = timed(lambda: step(name), device)
+            elapsed = timed(functools.partial(step, name), device)
             if i > 0:
                 times[name].append(elapsed)
         elapsed = timed(assign_and_losses, device)
@@ -129,10 +128,14 @@ def main() -> None:
     atss_s, fcos_s = statistics.median(times["atss"]), statistics.median(times["fcos"])
     share = statistics.median(times["assign+loss"]) / atss_s
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device {device} ({name}), torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"batch {args.batch} at {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
-          f"median of {args.steps} steps")
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"batch {args.batch} at {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
+        f"median of {args.steps} steps"
+    )
     print(f"atssrepro ATSS R-50  : {atss_s:8.3f} s/step  {args.batch / atss_s:7.2f} img/s")
     print(f"torchvision FCOS R-50: {fcos_s:8.3f} s/step  {args.batch / fcos_s:7.2f} img/s")
     print(f"throughput ratio ATSS / FCOS: {fcos_s / atss_s:.2f}x")

@@ -8,11 +8,16 @@ import sys
 
 # Small, fast runs on the synthetic dataset: 128-pixel images, batch 2, smoke-sized model.
 TINY = [
-    "--preset", "smoke",
-    "--set", "data.train_short_side=[128, 128]",
-    "--set", "data.test_short_side=128",
-    "--set", "data.max_size=192",
-    "--set", "train.batch_size=2",
+    "--preset",
+    "smoke",
+    "--set",
+    "data.train_short_side=[128, 128]",
+    "--set",
+    "data.test_short_side=128",
+    "--set",
+    "data.max_size=192",
+    "--set",
+    "train.batch_size=2",
 ]
 
 

@@ -23,7 +23,9 @@ def test_config_prints_resolved_toml_with_id():
 
 
 def test_unknown_key_is_a_one_line_error():
-    assert_one_line_error(atssrepro("config", "--set", "train.iterationz=3", check=False), "did you mean 'train.iterations'")
+    assert_one_line_error(
+        atssrepro("config", "--set", "train.iterationz=3", check=False), "did you mean 'train.iterations'"
+    )
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
@@ -42,7 +44,9 @@ def test_eval_scores_any_results_file(tiny_coco, tmp_path):
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(detections))
     for backend in ("pycocotools", "faster-coco-eval"):
-        metrics = metrics_of(atssrepro("eval", "--detections", str(path), "--ann", str(ann), "--backend", backend, "--json"))
+        metrics = metrics_of(
+            atssrepro("eval", "--detections", str(path), "--ann", str(ann), "--backend", backend, "--json")
+        )
         assert metrics["stats"]["AP"] > 0.99 and set(metrics["stats"]) >= {"AP50", "ARl"}
     bad = tmp_path / "bad.json"
     bad.write_text('[{"image_id": 1}]')

@@ -45,17 +45,19 @@ def noisy_detections(dataset: dict, seed: int = 0) -> list[dict]:
         x, y, w, h = a["bbox"]
         for _ in range(rng.randint(1, 3)):
             wrong_class = rng.random() < 0.15
-            detections.append({
-                "image_id": a["image_id"],
-                "category_id": rng.choice(category_ids) if wrong_class else a["category_id"],
-                "bbox": [
-                    x + rng.gauss(0, 0.1 * w),
-                    y + rng.gauss(0, 0.1 * h),
-                    max(1.0, w * rng.uniform(0.8, 1.2)),
-                    max(1.0, h * rng.uniform(0.8, 1.2)),
-                ],
-                "score": rng.random(),
-            })
+            detections.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": rng.choice(category_ids) if wrong_class else a["category_id"],
+                    "bbox": [
+                        x + rng.gauss(0, 0.1 * w),
+                        y + rng.gauss(0, 0.1 * h),
+                        max(1.0, w * rng.uniform(0.8, 1.2)),
+                        max(1.0, h * rng.uniform(0.8, 1.2)),
+                    ],
+                    "score": rng.random(),
+                }
+            )
     return detections
 
 

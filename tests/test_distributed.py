@@ -12,6 +12,7 @@ import torch
 
 from atssrepro.data.synth import make_synthetic_coco
 from atssrepro.engine import checkpoint
+
 from cli import TINY, atssrepro
 
 

@@ -78,6 +78,12 @@ def test_images_of_a_batch_do_not_interact():
     assert dets[0].boxes[:, 0].tolist() == [1, 50, 0]
     assert dets[1].boxes.tolist()[0] == [0, 0, 10, 10]
     empty = postprocess(
-        torch.full((1, 4, 2), -20.0), deltas[:1], ctr[:1], ANCHORS, LEVELS, torch.tensor([[100, 100]]), InferenceConfig()
+        torch.full((1, 4, 2), -20.0),
+        deltas[:1],
+        ctr[:1],
+        ANCHORS,
+        LEVELS,
+        torch.tensor([[100, 100]]),
+        InferenceConfig(),
     )
     assert empty[0].boxes.shape == (0, 4)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from atssrepro.engine import checkpoint
+
 from cli import TINY, atssrepro, metrics_of
 
 STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -76,6 +77,9 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(synth_coco, tmp_pat
 
     resumed = metrics_of(atssrepro("train", *RESUME, *data, "--out", str(run), "--json"))
     assert resumed == straight
+    # Re-evaluating the run folder, or its checkpoint alone, reproduces the metrics.
+    assert metrics_of(atssrepro("eval", str(run), "--json")) == straight
+    assert metrics_of(atssrepro("eval", str(run / "checkpoint.pt"), "--json"))["stats"] == straight["stats"]
     a = checkpoint.load(tmp_path / "straight" / "checkpoint.pt")
     b = checkpoint.load(run / "checkpoint.pt")
     assert a["model"].keys() == b["model"].keys()

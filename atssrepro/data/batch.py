@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import torch
 
@@ -67,3 +68,21 @@ def collate(samples: list[Sample], size_divisible: int = 32) -> Batch:
 
 def _round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
+
+
+def batch_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_sampler: torch.utils.data.Sampler,
+    num_workers: int,
+    size_divisible: int,
+    device: torch.device,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of ``Batch``es: ``num_workers`` processes decode and resize, pinned for CUDA."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=functools.partial(collate, size_divisible=size_divisible),
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )

@@ -9,6 +9,7 @@ medium and large area ranges, aspect ratios go from 1:4 to 4:1, and category ids
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -90,7 +91,9 @@ def make_synthetic_coco(
             image, objects = _draw_image(rng, width, height)
             image_id += 1
             file_name = f"{image_id:012d}.jpg"
-            atomic_write(out / split / file_name, lambda f: image.save(f, "JPEG", quality=JPEG_QUALITY), binary=True)
+            atomic_write(
+                out / split / file_name, functools.partial(image.save, format="JPEG", quality=JPEG_QUALITY), binary=True
+            )
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "license": 1})
             for annotation in objects:
                 annotation_id += 1
@@ -134,13 +137,15 @@ def _draw_image(rng: np.random.Generator, width: int, height: int) -> tuple[Imag
         mask_array = np.asarray(mask, dtype=bool)
         pixels[mask_array] = _color(rng, shape.hue)
         left, top, right, bottom = mask.getbbox()  # tight box of the drawn pixels, right/bottom exclusive
-        annotations.append({
-            "category_id": shape.category_id,
-            "bbox": [left, top, right - left, bottom - top],
-            "area": int(mask_array.sum()),
-            "iscrowd": 0,
-            "segmentation": [[round(c, 2) for point in outline for c in point]],
-        })
+        annotations.append(
+            {
+                "category_id": shape.category_id,
+                "bbox": [left, top, right - left, bottom - top],
+                "area": int(mask_array.sum()),
+                "iscrowd": 0,
+                "segmentation": [[round(c, 2) for point in outline for c in point]],
+            }
+        )
     pixels += rng.normal(0, 8, pixels.shape)
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)), annotations
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils.data import DataLoader
 
 from atssrepro import config as cfg
 from atssrepro import distributed
-from atssrepro.data.batch import collate
+from atssrepro.data.batch import batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import EvalBatchSampler
 from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
@@ -21,9 +18,7 @@ from atssrepro.model.detector import ATSSDetector
 
 def val_dataset(config: cfg.Config) -> CocoDetection:
     d = config.data
-    return CocoDetection(
-        cfg.data_path(d, d.val_ann), cfg.data_path(d, d.val_images), train=False, max_size=d.max_size
-    )
+    return CocoDetection(cfg.data_path(d, d.val_ann), cfg.data_path(d, d.val_images), train=False, max_size=d.max_size)
 
 
 @torch.inference_mode()
@@ -43,13 +38,7 @@ def predict(
         distributed.rank(),
         distributed.world_size(),
     )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=config.data.num_workers,
-        collate_fn=functools.partial(collate, size_divisible=config.data.size_divisible),
-        pin_memory=device.type == "cuda",
-    )
+    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
     results: list[dict] = []
     with Progress(console=console, disable=not distributed.is_main()) as progress:
         task = progress.add_task("[bold]eval", total=len(sampler))

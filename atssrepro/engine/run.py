@@ -37,7 +37,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     _record(run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device))
     try:
         model = train(config, run, device, console)
-        metrics = evaluate_model(model, config, run, device, console)
+        metrics = evaluate_model(model, config, device, console, run)
     except Diverged as e:
         _record(run, "diverged", message=str(e))
         raise UserError(f"run {run.path} diverged: {e}") from None
@@ -59,15 +59,20 @@ def _record(run: RunDir, state: State, **fields) -> None:
 
 
 def evaluate_model(
-    model: ATSSDetector, config: cfg.Config, run: RunDir, device: torch.device, console: Console
+    model: ATSSDetector, config: cfg.Config, device: torch.device, console: Console, run: RunDir | None = None
 ) -> dict:
+    """Detect on the validation split and score it; write detections.json and metrics.json into ``run``.
+
+    Returns the metrics on the main process and ``{}`` on the others.
+    """
     dataset = val_dataset(config)
     detections = predict(model, dataset, config, device, console)
-    metrics: dict = {}
-    if distributed.is_main():
+    if not distributed.is_main():
+        return {}
+    result: CocoMetrics = evaluate(detections, dataset, config)
+    metrics = {**result.to_json(), "eval_batch_size": config.eval.batch_size, "world_size": distributed.world_size()}
+    if run is not None:
         write_json(run.detections_path, detections, indent=None)
-        result: CocoMetrics = evaluate(detections, dataset, config)
-        metrics = {**result.to_json(), "eval_batch_size": config.eval.batch_size, "world_size": distributed.world_size()}
         write_json(run.metrics_path, metrics)
     return metrics
 

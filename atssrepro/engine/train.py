@@ -6,19 +6,18 @@ import bisect
 import contextlib
 import functools
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from atssrepro import config as cfg
 from atssrepro import distributed
-from atssrepro.data.batch import Batch, collate
+from atssrepro.data.batch import Batch, batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine import checkpoint
@@ -101,7 +100,7 @@ class TrainingState:
         self.iteration = state["iteration"]
 
 
-def _batches(loader: DataLoader, device: torch.device) -> Iterator[Batch]:
+def _batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
     for batch in loader:
         yield batch.to(device, non_blocking=True)
 
@@ -164,14 +163,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         rank=distributed.rank(),
         world_size=world,
     )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=config.data.num_workers,
-        collate_fn=functools.partial(collate, size_divisible=config.data.size_divisible),
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.data.num_workers > 0,
-    )
+    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
     batches = _batches(loader, device)
     if distributed.is_main():
         console.print(

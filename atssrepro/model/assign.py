@@ -8,7 +8,7 @@ boxes with a validity mask, so there is no Python loop over images or boxes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision.ops import box_iou

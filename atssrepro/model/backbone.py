@@ -45,12 +45,19 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
                 "copy it here and pass --set model.backbone.weights=/path/to/file.pth"
             ) from None
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = resnet.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
+    problem = ""
+    try:
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of the wrong shape
+        problem = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+    else:
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            problem = f"{len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}"
+    if problem:
         raise UserError(
-            f"model.backbone.weights = {weights}: does not fit a torchvision ResNet "
-            f"({len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+            f"model.backbone.weights = {weights} does not fit a torchvision {type(resnet).__name__} "
+            f"of model.backbone.name ({problem})"
         )
 
 

@@ -83,9 +83,7 @@ def atss_losses(
     # Decoded boxes have positive width and height (exp of the log deltas), as GIoU needs.
     pred_boxes = box_coder.decode(pos_anchors, box_regression[batch_index, anchor_index])
     giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none", eps=GIOU_EPS)
-    ctr_loss = F.binary_cross_entropy_with_logits(
-        centerness[batch_index, anchor_index], ctr_targets, reduction="sum"
-    )
+    ctr_loss = F.binary_cross_entropy_with_logits(centerness[batch_index, anchor_index], ctr_targets, reduction="sum")
     return {
         "cls": cls_loss.sum() / num_pos,
         "reg": config.reg_weight * (giou * ctr_targets).sum() / ctr_sum,
