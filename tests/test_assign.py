@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atssrepro.config import AssignConfig
 from atssrepro.model.anchors import cell_anchors
-from atssrepro.model.assign import BACKGROUND, atss, centres_inside
+from atssrepro.model.assign import BACKGROUND, IGNORE, assign, atss, centres_inside, iou, spatial_scale
 
 
 def assign_one(anchors, gts, num_per_level=None, per_location=1, topk=9):
@@ -86,6 +88,7 @@ def test_topk_is_per_level():
     assert matched == [0, BACKGROUND, 0]
 
 
+@pytest.mark.filterwarnings("ignore:std():UserWarning")  # the single-candidate case, on purpose
 def test_candidates_are_topk_times_anchors_per_location():
     # One location holds a 2:1 and a 1:2 anchor of equal IoU with the square GT. With topk=1 and
     # A=2 both are candidates (threshold = their IoU, both pass); with A ignored there would be a
@@ -104,6 +107,63 @@ def test_centres_inside_is_strict_with_eps():
     assert centres_inside(points, boxes).tolist() == [True, False, False, True, False]
 
 
+def test_iou_thresholds_and_ignore_band():
+    # IoUs with GT [0,0,10,10]: 1.0 (positive), 100/220 = 0.45 (ignored), 0.33 and 0 (background).
+    anchors = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 22], [0, 0, 10, 30], [50, 50, 60, 60]], dtype=torch.float32)
+    gts = torch.tensor([[[0, 0, 10, 10]]], dtype=torch.float32)
+    matched = iou(anchors, gts, torch.ones(1, 1, dtype=torch.bool))
+    assert matched.tolist() == [[0, IGNORE, BACKGROUND, BACKGROUND]]
+
+
+def test_iou_low_quality_matches_and_in_gt_box():
+    # GT 1 overlaps anchor 1 with IoU 40/240 only (GT 0: 40/260); as GT 1's best anchor it is still
+    # positive, for GT 1. Anchor 1's centre (16, 5) lies outside GT 1, so "In GT Box" ignores it.
+    anchors = torch.tensor([[0, 0, 10, 10], [6, 0, 26, 10], [200, 200, 210, 210]], dtype=torch.float32)
+    gts = torch.tensor([[[0, 0, 10, 10], [22, 0, 30, 10], [0, 0, 0, 0]]], dtype=torch.float32)
+    mask = torch.tensor([[True, True, False]])
+    assert iou(anchors, gts, mask).tolist() == [[0, 1, BACKGROUND]]
+    assert iou(anchors, gts, mask, low_quality_matches=False).tolist() == [[0, BACKGROUND, BACKGROUND]]
+    assert iou(anchors, gts, mask, in_gt_box=True).tolist() == [[0, IGNORE, BACKGROUND]]
+
+
+def points(*centres):
+    """Tiny anchors around the given centres: only their centres matter to FCOS's rules."""
+    return torch.tensor([[x - 1, y - 1, x + 1, y + 1] for x, y in centres], dtype=torch.float32)
+
+
+def test_ssc_scale_ranges_pick_the_level():
+    # GT [0,0,100,100]; max(l,t,r,b) is 50 at (50,50) and 90 at (10,50). Level 0 takes [0, 64],
+    # level 1 [64, inf]: (50,50) is positive on level 0 only, (10,50) on level 1 only.
+    anchors = points((50, 50), (10, 50), (50, 50), (10, 50), (150, 50))
+    gts = torch.tensor([[[0, 0, 100, 100]]], dtype=torch.float32)
+    matched = spatial_scale(anchors, [2, 3], gts, torch.ones(1, 1, dtype=torch.bool), (0, 64, float("inf")))
+    assert matched.tolist() == [[0, BACKGROUND, BACKGROUND, 0, BACKGROUND]]
+
+
+def test_ssc_ambiguous_point_goes_to_smallest_gt():
+    anchors = points((20, 20))
+    gts = torch.tensor([[[0, 0, 100, 100], [10, 10, 30, 30]]], dtype=torch.float32)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert spatial_scale(anchors, [1], gts, mask, (0, float("inf"))).tolist() == [[1]]
+    gts = gts.flip(1)
+    assert spatial_scale(anchors, [1], gts, mask, (0, float("inf"))).tolist() == [[0]]
+
+
+def test_center_sampling_radius_in_strides():
+    # Stride 8 (level 0), radius 1.5: candidates lie within 12 px of the GT centre (50, 50).
+    anchors = points((50, 50), (61, 50), (63, 50), (30, 50))
+    gts = torch.tensor([[[0, 0, 100, 100]]], dtype=torch.float32)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    sampled = spatial_scale(anchors, [4], gts, mask, (0, float("inf")), center_radius=1.5)
+    assert sampled.tolist() == [[0, 0, BACKGROUND, BACKGROUND]]
+    assert spatial_scale(anchors, [4], gts, mask, (0, float("inf"))).tolist() == [[0, 0, 0, 0]]
+    # The region is clipped to the GT: for a thin GT, the square around its centre is cut.
+    thin = torch.tensor([[[40, 45, 60, 55]]], dtype=torch.float32)
+    assert spatial_scale(points((50, 56)), [1], thin, mask, (0, float("inf")), center_radius=1.5).tolist() == [
+        [BACKGROUND]
+    ]
+
+
 def random_boxes(generator, count, size=200.0):
     xy = torch.rand(count, 2, generator=generator) * size
     wh = torch.rand(count, 2, generator=generator) * size / 2 + 4
@@ -118,22 +178,35 @@ def grid(size=200, strides=(8, 16, 32)):
     return anchors, levels[: len(strides)]
 
 
-@settings(max_examples=25, deadline=None)
+STRATEGIES = [
+    AssignConfig(strategy="atss"),
+    AssignConfig(strategy="iou"),
+    AssignConfig(strategy="iou", in_gt_box=True),
+    AssignConfig(strategy="ssc"),
+    AssignConfig(strategy="center_sampling"),
+]
+IN_GT_RULES = [c for c in STRATEGIES if c.strategy != "iou" or c.in_gt_box]
+
+
+@pytest.mark.parametrize("config", STRATEGIES, ids=lambda c: c.strategy + ("+in_gt" if c.in_gt_box else ""))
+@settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), num_gt=st.integers(1, 6))
-def test_gt_order_does_not_matter_and_positives_are_inside(seed, num_gt):
+def test_gt_order_does_not_matter_and_in_gt_rules_hold(config, seed, num_gt):
     generator = torch.Generator().manual_seed(seed)
     anchors, levels = grid()
     gts = random_boxes(generator, num_gt)
     mask = torch.ones(1, num_gt, dtype=torch.bool)
-    matched = atss(anchors, levels, 1, gts[None], mask)[0]
+    matched = assign(config, anchors, levels, 1, gts[None], mask)[0]
     perm = torch.randperm(num_gt, generator=generator)
-    matched_perm = atss(anchors, levels, 1, gts[perm][None], mask)[0]
+    matched_perm = assign(config, anchors, levels, 1, gts[perm][None], mask)[0]
     # Map the permuted result back to the original GT indices.
     back = torch.where(matched_perm >= 0, perm[matched_perm.clamp(min=0)], matched_perm)
     assert torch.equal(matched, back)
-    pos = matched >= 0
-    centres = (anchors[pos, :2] + anchors[pos, 2:]) / 2
-    assert centres_inside(centres, gts[matched[pos]]).all()
+    assert ((matched >= BACKGROUND) | (matched == IGNORE)).all() and (matched < num_gt).all()
+    if config in IN_GT_RULES:
+        pos = matched >= 0
+        centres = (anchors[pos, :2] + anchors[pos, 2:]) / 2
+        assert centres_inside(centres, gts[matched[pos]], eps=0.0).all()
 
 
 @settings(max_examples=15, deadline=None)

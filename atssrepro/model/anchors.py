@@ -64,6 +64,25 @@ def grid_anchors(
     return torch.cat(all_anchors), num_per_level
 
 
+def feature_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """(H, W) of P3..P7 for a padded input of ``height`` x ``width`` (multiples of 32).
+
+    P3-P5 divide the input by their stride; P6 and P7 come from stride-2 3x3 convs with padding
+    1, which round up.
+    """
+    sizes = [(height // s, width // s) for s in STRIDES[:3]]
+    for _ in STRIDES[3:]:
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+def anchor_strides(num_per_level: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    """[N] float32: the stride of the level each anchor belongs to."""
+    counts = torch.tensor(list(num_per_level), device=device)
+    return torch.tensor(STRIDES[: len(counts)], dtype=torch.float32, device=device).repeat_interleave(counts)
+
+
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
     """[..., 4] xyxy -> [..., 2] (cx, cy)."""
     return (boxes[..., :2] + boxes[..., 2:]) / 2

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import box_iou
 
-from atssrepro.model.anchors import box_centres
+from atssrepro.config import AssignConfig
+from atssrepro.model.anchors import anchor_strides, box_centres
 
 BACKGROUND = -1
 IGNORE = -2
@@ -35,6 +36,31 @@ def batched_iou(anchors: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     """
     b, g = gt_boxes.shape[:2]
     return box_iou(anchors, gt_boxes.reshape(b * g, 4)).reshape(-1, b, g).permute(1, 0, 2)
+
+
+def assign(
+    config: AssignConfig,
+    anchors: torch.Tensor,
+    num_per_level: Sequence[int],
+    anchors_per_location: int,
+    gt_boxes: torch.Tensor,
+    gt_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Run the assigner that ``config.strategy`` names; arguments and result as in :func:`atss`."""
+    if config.strategy == "atss":
+        return atss(anchors, num_per_level, anchors_per_location, gt_boxes, gt_mask, config.topk)
+    if config.strategy == "iou":
+        return iou(
+            anchors,
+            gt_boxes,
+            gt_mask,
+            config.positive_iou,
+            config.negative_iou,
+            config.low_quality_matches,
+            config.in_gt_box,
+        )
+    radius = config.center_radius if config.strategy == "center_sampling" else None
+    return spatial_scale(anchors, num_per_level, gt_boxes, gt_mask, config.scale_ranges, radius)
 
 
 def centres_inside(points: torch.Tensor, boxes: torch.Tensor, eps: float = CENTRE_EPS) -> torch.Tensor:
@@ -111,3 +137,106 @@ def atss(
     pair_iou.scatter_(1, candidates, candidate_ious.masked_fill(~positive, float("-inf")))
     best_iou, best_gt = pair_iou.max(dim=2)
     return torch.where(best_iou > float("-inf"), best_gt, matched)
+
+
+def iou(
+    anchors: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_mask: torch.Tensor,
+    positive_iou: float = 0.5,
+    negative_iou: float = 0.4,
+    low_quality_matches: bool = True,
+    in_gt_box: bool = False,
+) -> torch.Tensor:
+    """RetinaNet's IoU assignment (maskrcnn-benchmark's ``Matcher``).
+
+    Each anchor takes the GT of its highest IoU: positive at IoU >= ``positive_iou``, background
+    below ``negative_iou``, ignored in between. With ``low_quality_matches``, an anchor whose IoU
+    with some GT equals that GT's best IoU is positive too (for its own best GT), so that every
+    GT with any overlap gets a positive. With ``in_gt_box``, positives whose centre is not inside
+    their GT are ignored (the "In GT Box" improvement of Table 1).
+
+    Args:
+        anchors: [N, 4]. gt_boxes: [B, G, 4]. gt_mask: [B, G].
+
+    Returns:
+        [B, N] int64: GT index, BACKGROUND or IGNORE.
+    """
+    batch, num_gt = gt_mask.shape
+    if num_gt == 0 or anchors.shape[0] == 0:
+        return torch.full((batch, anchors.shape[0]), BACKGROUND, dtype=torch.long, device=anchors.device)
+    ious = batched_iou(anchors, gt_boxes).masked_fill(~gt_mask[:, None, :], -1.0)  # [B, N, G]
+    best_iou, best_gt = ious.max(dim=2)  # [B, N]
+    matched = torch.where(best_iou >= positive_iou, best_gt, torch.full_like(best_gt, IGNORE))
+    matched = torch.where(best_iou < negative_iou, torch.full_like(best_gt, BACKGROUND), matched)
+    if low_quality_matches:
+        gt_best = ious.max(dim=1, keepdim=True).values  # [B, 1, G]
+        # A GT that overlaps no anchor at all would otherwise claim every anchor (all IoUs 0).
+        is_gt_best = (ious == gt_best) & (gt_best > 0)
+        matched = torch.where(is_gt_best.any(dim=2), best_gt, matched)
+    if in_gt_box:
+        gt_of_anchor = gt_boxes.gather(1, best_gt[..., None].expand(-1, -1, 4))  # [B, N, 4]
+        outside = ~centres_inside(box_centres(anchors)[None], gt_of_anchor)
+        matched = torch.where((matched >= 0) & outside, torch.full_like(matched, IGNORE), matched)
+    return matched
+
+
+def spatial_scale(
+    anchors: torch.Tensor,
+    num_per_level: Sequence[int],
+    gt_boxes: torch.Tensor,
+    gt_mask: torch.Tensor,
+    scale_ranges: Sequence[float],
+    center_radius: float | None = None,
+) -> torch.Tensor:
+    """FCOS's spatial and scale constraint, optionally with center sampling.
+
+    An anchor point (the anchor's centre) is a candidate for a GT when it lies inside the GT box,
+    or, with ``center_radius``, inside the GT box intersected with a square of half-side
+    ``center_radius`` x stride around the GT centre (FCOS's center sampling, the "lite" ATSS of
+    Table 3). A candidate is positive when max(l, t, r, b), its distances to the GT's sides,
+    lies in its level's range [scale_ranges[l], scale_ranges[l + 1]]. A point positive for
+    several GTs goes to the one of smallest area.
+
+    Args:
+        anchors: [N, 4]; num_per_level: anchors per level (P3 first).
+        gt_boxes: [B, G, 4]. gt_mask: [B, G].
+        scale_ranges: increasing bounds, of which the first L + 1 are used for L levels.
+
+    Returns:
+        [B, N] int64: GT index or BACKGROUND.
+    """
+    batch, num_gt = gt_mask.shape
+    matched = torch.full((batch, anchors.shape[0]), BACKGROUND, dtype=torch.long, device=anchors.device)
+    if num_gt == 0 or anchors.shape[0] == 0:
+        return matched
+    points = box_centres(anchors)[None, :, None, :]  # [1, N, 1, 2]
+    boxes = gt_boxes[:, None, :, :]  # [B, 1, G, 4]
+    if center_radius is None:
+        candidate = centres_inside(points, boxes)
+    else:
+        strides = anchor_strides(num_per_level, anchors.device)[None, :, None, None]  # [1, N, 1, 1]
+        centres = box_centres(boxes)
+        region = torch.cat(
+            [
+                torch.maximum(centres - center_radius * strides, boxes[..., :2]),
+                torch.minimum(centres + center_radius * strides, boxes[..., 2:]),
+            ],
+            dim=-1,
+        )  # [B, N, G, 4]
+        candidate = centres_inside(points, region, eps=0.0)  # FCOS tests this region with > 0
+
+    x, y = points[..., 0], points[..., 1]
+    max_distance = torch.stack(
+        [x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y], dim=-1
+    ).amax(dim=-1)  # [B, N, G]
+    bounds = torch.tensor(list(scale_ranges[: len(num_per_level) + 1]), dtype=torch.float32, device=anchors.device)
+    counts = torch.tensor(list(num_per_level), device=anchors.device)
+    low = bounds[:-1].repeat_interleave(counts)[None, :, None]  # [1, N, 1]
+    high = bounds[1:].repeat_interleave(counts)[None, :, None]
+    positive = candidate & (max_distance >= low) & (max_distance <= high) & gt_mask[:, None, :]
+
+    area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # [B, G]
+    area = area[:, None, :].expand_as(positive).masked_fill(~positive, float("inf"))
+    smallest, gt_index = area.min(dim=2)
+    return torch.where(torch.isfinite(smallest), gt_index, matched)
