@@ -36,13 +36,30 @@ BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
-    """A torchvision ResNet; its stages C3-C5 feed the FPN."""
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"] = "resnet50"
+    """A torchvision ResNet or ResNeXt; its stages C3-C5 feed the FPN."""
     weights: str = ""
     """Pretrained weights: a local ``.pth`` state-dict file, a torchvision weights name such as
     ``ResNet50_Weights.IMAGENET1K_V1``, or empty to train from scratch."""
     trainable_stages: int = 3
     """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
+    dcn: bool = False
+    """DCNv2 (modulated deformable 3x3 convs) in stages c3-c5 of a ResNet, c4-c5 of a ResNeXt."""
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    channels: int = 256
+    convs: int = 4
+    """Conv -> GroupNorm(32) -> ReLU layers in each tower."""
+    group_norm: bool = True
+    """GroupNorm in the towers (Table 1 "GroupNorm")."""
+    centerness: bool = True
+    """A centerness branch on the regression tower, used as sqrt(cls x centerness) at test time."""
+    learnable_scales: bool = True
+    """One learnable scalar per level on the regression output (Table 1 "Scalar")."""
+    dcn: bool = False
+    """DCNv2 in the last conv of each tower (the official dcnv2 models)."""
 
 
 @dataclass(frozen=True)
@@ -57,16 +74,34 @@ class AnchorConfig:
 
 @dataclass(frozen=True)
 class AssignConfig:
+    strategy: Literal["atss", "iou", "ssc", "center_sampling"] = "atss"
+    """How positives are chosen: ATSS; RetinaNet's IoU thresholds; FCOS's spatial and scale
+    constraint; or FCOS's constraint restricted to a radius around the GT centre (Table 3 "lite")."""
     topk: int = 9
-    """ATSS candidates per pyramid level, multiplied by the anchors per location (k in Table 4)."""
+    """atss: candidates per pyramid level, multiplied by the anchors per location (k in Table 4)."""
+    positive_iou: float = 0.5
+    """iou: an anchor with IoU >= this is positive."""
+    negative_iou: float = 0.4
+    """iou: an anchor with IoU < this is negative; in between it is ignored."""
+    low_quality_matches: bool = True
+    """iou: every GT also keeps the anchors of its highest IoU."""
+    in_gt_box: bool = False
+    """iou: positives whose centre lies outside their GT are ignored (Table 1 "In GT Box")."""
+    scale_ranges: tuple[float, ...] = (0.0, 64.0, 128.0, 256.0, 512.0, float("inf"))
+    """ssc, center_sampling: level l takes objects whose max(l, t, r, b) lies in [r_l, r_l+1]."""
+    center_radius: float = 1.5
+    """center_sampling: candidates lie within this many strides of the GT centre."""
 
 
 @dataclass(frozen=True)
 class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    regression: Literal["giou", "smooth_l1"] = "giou"
+    """GIoU on decoded boxes, or RetinaNet's smooth-L1 on encoded targets (Table 1 "GIoU Loss")."""
+    smooth_l1_beta: float = 1.0 / 9.0
     reg_weight: float = 2.0
-    """Weight of the centerness-weighted GIoU loss (``REG_LOSS_WEIGHT``)."""
+    """Weight of the regression loss: 2.0 is the official ATSS GIoU weight, RetinaNet's smooth-L1 uses 1.0."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +109,7 @@ class InferenceConfig:
     score_threshold: float = 0.05
     """Candidates need a classification probability above this (before centerness)."""
     pre_nms_topk: int = 1000
-    """Candidates kept per level and image, ranked by cls x centerness."""
+    """Candidates kept per level and image, ranked by cls x centerness (cls alone without centerness)."""
     nms_iou: float = 0.6
     detections_per_image: int = 100
 
@@ -83,11 +118,14 @@ class InferenceConfig:
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn_channels: int = 256
-    head_channels: int = 256
-    head_convs: int = 4
-    """Conv -> GroupNorm(32) -> ReLU layers in each head tower."""
+    p6_from: Literal["p5", "c5"] = "p5"
+    """P6 is a stride-2 conv on P5 (official ATSS, ``USE_C5: False``) or on C5 (RetinaNet, FCOS paper)."""
+    head: HeadConfig = field(default_factory=HeadConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     assign: AssignConfig = field(default_factory=AssignConfig)
+    regression: Literal["box", "point"] = "box"
+    """Regress anchor-box deltas (RetinaNet) or stride-normalised l, t, r, b distances from the
+    anchor point (FCOS); assignment uses the anchor box either way."""
     loss: LossConfig = field(default_factory=LossConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -139,6 +177,8 @@ class EvalConfig:
     batch_size: int = 1
     """Images per process at test time; padding changes AP by ~0.1, so it is fixed and recorded."""
     backend: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
+    tta: bool = False
+    """Multi-scale + flip testing with box voting, the official settings (``engine/tta.py``)."""
 
 
 @dataclass(frozen=True)
@@ -156,8 +196,7 @@ _SMOKE: dict[str, Any] = {
     "model": {
         "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5},
         "fpn_channels": 64,
-        "head_channels": 64,
-        "head_convs": 2,
+        "head": {"channels": 64, "convs": 2},
     },
     "data": {"train_short_side": [256, 256], "test_short_side": 256, "max_size": 416, "num_workers": 2},
     "train": {
@@ -345,8 +384,14 @@ def check_consistency(config: Config) -> None:
         problems.append(f"train.lr_steps = {list(t.lr_steps)} must be increasing")
     if t.batch_size < 1 or t.iterations < 1 or t.checkpoint_every < 1 or t.log_every < 1:
         problems.append("train.batch_size, iterations, checkpoint_every and log_every must be >= 1")
-    if config.model.head_channels % 32:
-        problems.append(f"model.head_channels = {config.model.head_channels} must be a multiple of 32 (GroupNorm(32))")
+    m = config.model
+    if m.head.group_norm and m.head.channels % 32:
+        problems.append(f"model.head.channels = {m.head.channels} must be a multiple of 32 (GroupNorm(32))")
+    if m.regression == "point" and len(m.anchors.aspect_ratios) * m.anchors.scales_per_octave != 1:
+        problems.append("model.regression = 'point' needs one anchor per location")
+    ranges = m.assign.scale_ranges
+    if len(ranges) != 6 or list(ranges) != sorted(ranges):
+        problems.append(f"model.assign.scale_ranges = {list(ranges)} must be 6 increasing bounds for P3..P7")
     if not 0 <= config.model.backbone.trainable_stages <= 5:
         problems.append("model.backbone.trainable_stages must be in 0..5")
     if problems:

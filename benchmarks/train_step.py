@@ -28,8 +28,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from atssrepro.config import ModelConfig
 from atssrepro.model import assign
 from atssrepro.model.anchors import grid_anchors
-from atssrepro.model.detector import ATSSDetector
-from atssrepro.model.losses import atss_losses
+from atssrepro.model.detector import OneStageDetector
+from atssrepro.model.anchors import anchor_strides
+from atssrepro.model.box_coder import DeltaCoder
+from atssrepro.model.losses import detection_losses
 
 NUM_CLASSES = 80
 
@@ -80,7 +82,7 @@ def main() -> None:
     images, boxes, labels = random_batch(args.batch, args.height, args.width, args.boxes, device)
     sizes = torch.tensor([[args.height, args.width]] * args.batch, device=device)
     mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=device)
-    atss = ATSSDetector(ModelConfig(), NUM_CLASSES).to(device).train()
+    atss = OneStageDetector(ModelConfig(), NUM_CLASSES).to(device).train()
     fcos = torchvision_fcos(args.height, args.width).to(device).train()
     fcos_images = [image.float() / 255 for image in images]
     fcos_targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels)]
@@ -108,11 +110,12 @@ def main() -> None:
         features = atss.backbone(atss.normalize(images, sizes))
         head_outputs = [t.float() for t in atss.head(features)]
     anchors, num_per_level = grid_anchors([f.shape[-2:] for f in features], 8.0, (1.0,), 1, device)
+    strides = anchor_strides(num_per_level, device)
 
     def assign_and_losses() -> None:
         leaves = [t.detach().requires_grad_() for t in head_outputs]
         matched = assign.atss(anchors, num_per_level, 1, boxes, mask, 9)
-        losses = atss_losses(*leaves, anchors, matched, boxes, labels, ModelConfig().loss)
+        losses = detection_losses(*leaves, anchors, strides, matched, boxes, labels, DeltaCoder(), ModelConfig().loss)
         sum(losses.values()).backward()
 
     times: dict[str, list[float]] = {"atss": [], "fcos": [], "assign+loss": []}

@@ -52,13 +52,18 @@ def test_toml_round_trip_and_content_id():
         ("model.assign=3", "model.assign is a section"),
         ("topk", "expected KEY=VALUE"),
         ("train.lr_steps=[80000, 60000]", "must be increasing"),
-        ("model.head_channels=48", "multiple of 32"),
+        ("model.head.channels=48", "multiple of 32"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(assignment, message):
     with pytest.raises(UserError, match=message) as error:
         cfg.build_config(None, "paper", [assignment])
     assert "\n" not in str(error.value)
+
+
+def test_point_regression_needs_one_anchor_per_location():
+    with pytest.raises(UserError, match="one anchor per location"):
+        cfg.build_config(None, "paper", ["model.regression=point", "model.anchors.aspect_ratios=[0.5, 1, 2]"])
 
 
 def test_unknown_preset_and_config_name():

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from atssrepro.config import LossConfig
-from atssrepro.model import box_coder
-from atssrepro.model.anchors import cell_anchors, grid_anchors
+from atssrepro.model.anchors import anchor_strides, cell_anchors, grid_anchors
 from atssrepro.model.assign import BACKGROUND, IGNORE, atss
-from atssrepro.model.losses import atss_losses, centerness_target
+from atssrepro.model.box_coder import DeltaCoder, PointCoder
+from atssrepro.model.losses import centerness_target, detection_losses
 
 
 def test_centerness_target_by_hand():
@@ -24,11 +24,20 @@ def test_centerness_target_by_hand():
 def test_box_coder_round_trip_and_clamp():
     anchors = torch.tensor([[0.0, 0.0, 64.0, 64.0], [100.0, 50.0, 132.0, 60.0]])
     boxes = torch.tensor([[4.0, -3.0, 70.0, 50.0], [90.0, 40.0, 200.0, 90.0]])
-    deltas = box_coder.encode(anchors, boxes)
-    assert torch.allclose(box_coder.decode(anchors, deltas), boxes, atol=1e-4)
+    strides = torch.tensor([8.0, 16.0])
+    deltas = DeltaCoder().encode(anchors, strides, boxes)
+    assert torch.allclose(DeltaCoder().decode(anchors, strides, deltas), boxes, atol=1e-4)
     assert deltas[0, :2].tolist() == pytest.approx([10 * 5 / 64, 10 * -8.5 / 64])  # weights 10, 10
-    huge = box_coder.decode(anchors[:1], torch.tensor([[0.0, 0.0, 100.0, 100.0]]))
+    huge = DeltaCoder().decode(anchors[:1], strides[:1], torch.tensor([[0.0, 0.0, 100.0, 100.0]]))
     assert (huge[0, 2] - huge[0, 0]).item() == pytest.approx(64 * 1000 / 16, rel=1e-4)
+
+
+def test_point_coder_distances_in_strides():
+    anchors = torch.tensor([[-28.0, -28.0, 36.0, 36.0]])  # centre (4, 4), stride 8
+    box = torch.tensor([[0.0, 2.0, 20.0, 12.0]])
+    ltrb = PointCoder().encode(anchors, torch.tensor([8.0]), box)
+    assert ltrb.tolist() == [[0.5, 0.25, 2.0, 1.0]]
+    assert PointCoder().decode(anchors, torch.tensor([8.0]), ltrb).tolist() == box.tolist()
 
 
 def test_anchors_official_centres_and_sizes():
@@ -44,6 +53,7 @@ def test_anchors_official_centres_and_sizes():
 
 def setup(batch_gts):
     anchors, levels = grid_anchors([(16, 16), (8, 8), (4, 4)], 8.0, (1.0,), 1)
+    strides = anchor_strides(levels)
     g = max(len(b) for b in batch_gts)
     boxes = torch.zeros(len(batch_gts), g, 4)
     labels = torch.full((len(batch_gts), g), -1)
@@ -52,7 +62,11 @@ def setup(batch_gts):
         for j, box in enumerate(gts):
             boxes[i, j], labels[i, j], mask[i, j] = torch.tensor(box, dtype=torch.float32), j % 3, True
     matched = atss(anchors, levels, 1, boxes, mask)
-    return anchors, matched, boxes, labels
+    return anchors, strides, matched, boxes, labels
+
+
+def losses_of(cls, reg, ctr, anchors, strides, matched, boxes, labels, config=LossConfig(), coder=DeltaCoder()):
+    return detection_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config)
 
 
 def head(batch, n, requires_grad=True):
@@ -64,9 +78,9 @@ def head(batch, n, requires_grad=True):
 
 
 def test_empty_gt_gives_classification_loss_only_and_a_graph():
-    anchors, matched, boxes, labels = setup([[]])
+    anchors, strides, matched, boxes, labels = setup([[]])
     cls, reg, ctr = head(1, anchors.shape[0])
-    losses = atss_losses(cls, reg, ctr, anchors, matched, boxes, labels, LossConfig())
+    losses = losses_of(cls, reg, ctr, anchors, strides, matched, boxes, labels)
     assert losses["cls"] > 0 and losses["reg"] == 0 and losses["centerness"] == 0
     sum(losses.values()).backward()
     assert reg.grad is not None and torch.all(reg.grad == 0)
@@ -74,21 +88,35 @@ def test_empty_gt_gives_classification_loss_only_and_a_graph():
 
 def test_losses_are_normalised_per_positive_not_per_image():
     gts = [[10, 20, 90, 70], [40, 40, 120, 120]]
-    anchors, matched, boxes, labels = setup([gts])
-    one = atss_losses(*head(1, anchors.shape[0]), anchors, matched, boxes, labels, LossConfig())
-    anchors, matched, boxes, labels = setup([gts, gts])
-    two = atss_losses(*head(2, anchors.shape[0]), anchors, matched, boxes, labels, LossConfig())
+    anchors, strides, matched, boxes, labels = setup([gts])
+    one = losses_of(*head(1, anchors.shape[0]), anchors, strides, matched, boxes, labels)
+    anchors, strides, matched, boxes, labels = setup([gts, gts])
+    two = losses_of(*head(2, anchors.shape[0]), anchors, strides, matched, boxes, labels)
     assert all(one[k] > 0 for k in one)
     for k in one:  # two copies of the image: twice the sums, twice the normalisers
         assert two[k].item() == pytest.approx(one[k].item(), rel=1e-5)
 
 
 def test_ignored_anchors_do_not_count_in_classification():
-    anchors, matched, boxes, labels = setup([[[10, 20, 90, 70]]])
+    anchors, strides, matched, boxes, labels = setup([[[10, 20, 90, 70]]])
     cls, reg, ctr = head(1, anchors.shape[0], requires_grad=False)
     background = (matched[0] == BACKGROUND).nonzero()[:5, 0]
     cls[0, background] = 5.0  # confident false positives
-    base = atss_losses(cls, reg, ctr, anchors, matched, boxes, labels, LossConfig())["cls"]
+    base = losses_of(cls, reg, ctr, anchors, strides, matched, boxes, labels)["cls"]
     matched[0, background] = IGNORE
-    ignored = atss_losses(cls, reg, ctr, anchors, matched, boxes, labels, LossConfig())["cls"]
+    ignored = losses_of(cls, reg, ctr, anchors, strides, matched, boxes, labels)["cls"]
     assert ignored < base
+
+
+def test_smooth_l1_and_no_centerness_variants():
+    anchors, strides, matched, boxes, labels = setup([[[10, 20, 90, 70]]])
+    cls, reg, ctr = head(1, anchors.shape[0], requires_grad=False)
+    smooth = losses_of(cls, reg, None, anchors, strides, matched, boxes, labels, LossConfig(regression="smooth_l1"))
+    assert set(smooth) == {"cls", "reg"} and smooth["reg"] > 0
+    # smooth-L1 is RetinaNet's per-coordinate mean over positives, on the encoded targets.
+    positive = matched[0] >= 0
+    targets = DeltaCoder().encode(anchors[positive], strides[positive], boxes[0, matched[0][positive]])
+    expected = torch.nn.functional.smooth_l1_loss(reg[0, positive], targets, beta=1 / 9)
+    assert smooth["reg"].item() == pytest.approx(2.0 * expected.item(), rel=1e-5)  # reg_weight 2.0
+    giou = losses_of(cls, reg, None, anchors, strides, matched, boxes, labels)
+    assert "centerness" not in giou and giou["reg"] > 0

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from atssrepro.config import InferenceConfig
+from atssrepro.model.box_coder import DeltaCoder
 from atssrepro.model.postprocess import postprocess
 
 # Level 0 holds anchors 0-2, level 1 anchor 3. Zero deltas decode to the anchors themselves.
 ANCHORS = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 40, 40]], dtype=torch.float32)
 LEVELS = [3, 1]
+STRIDES = torch.tensor([8.0, 8.0, 8.0, 16.0])
 
 
 def logit(p: float) -> float:
@@ -30,9 +32,12 @@ def head_outputs(batch: int = 1):
     return cls, torch.zeros(batch, 4, 4), ctr
 
 
-def run(config: InferenceConfig, batch: int = 1, sizes=((100, 100),)):
-    cls, deltas, ctr = head_outputs(batch)
-    return postprocess(cls, deltas, ctr, ANCHORS, LEVELS, torch.tensor(sizes), config)
+def detect(cls, deltas, ctr, sizes=((100, 100),), config=InferenceConfig()):
+    return postprocess(cls, deltas, ctr, ANCHORS, STRIDES, LEVELS, torch.tensor(sizes), DeltaCoder(), config)
+
+
+def run(config: InferenceConfig, sizes=((100, 100),)):
+    return detect(*head_outputs(), sizes=sizes, config=config)
 
 
 def test_scores_threshold_nms_and_order():
@@ -55,7 +60,7 @@ def test_pre_nms_topk_is_per_level_and_ranked_by_cls_times_centerness():
 def test_nms_is_per_class():
     cls, deltas, ctr = head_outputs()
     cls[0, 0, 1] = logit(0.7)  # anchor 0 also scores class 1, overlapping (1,0) but another class
-    (det,) = postprocess(cls, deltas, ctr, ANCHORS, LEVELS, torch.tensor([[100, 100]]), InferenceConfig())
+    (det,) = detect(cls, deltas, ctr)
     assert sorted(zip(det.labels.tolist(), det.boxes[:, 0].tolist())) == [(0, 0.0), (0, 1.0), (1, 0.0), (1, 50.0)]
 
 
@@ -74,16 +79,16 @@ def test_images_of_a_batch_do_not_interact():
     cls, deltas, ctr = head_outputs(batch=2)  # image 1 has no candidate at all
     cls[1] = cls[0]
     cls[1, 1, 0] = -20.0  # without (1,0), image 1 keeps (0,0) which NMS removed in image 0
-    dets = postprocess(cls, deltas, ctr, ANCHORS, LEVELS, torch.tensor([[100, 100], [100, 100]]), InferenceConfig())
+    dets = detect(cls, deltas, ctr, sizes=((100, 100), (100, 100)))
     assert dets[0].boxes[:, 0].tolist() == [1, 50, 0]
     assert dets[1].boxes.tolist()[0] == [0, 0, 10, 10]
-    empty = postprocess(
-        torch.full((1, 4, 2), -20.0),
-        deltas[:1],
-        ctr[:1],
-        ANCHORS,
-        LEVELS,
-        torch.tensor([[100, 100]]),
-        InferenceConfig(),
-    )
+    empty = detect(torch.full((1, 4, 2), -20.0), deltas[:1], ctr[:1])
     assert empty[0].boxes.shape == (0, 4)
+
+
+def test_without_centerness_the_score_is_cls():
+    cls, deltas, _ = head_outputs()
+    (det,) = detect(cls, deltas, None)
+    # Ranked by cls alone: (0,0)=.9 now beats (1,0)=.8 and suppresses it.
+    assert det.scores.tolist() == pytest.approx([0.9, 0.6, 0.5], abs=1e-5)
+    assert det.boxes[0].tolist() == [0, 0, 10, 10]

@@ -22,7 +22,7 @@ from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine import checkpoint
 from atssrepro.engine.run_dir import RunDir
-from atssrepro.model.detector import ATSSDetector
+from atssrepro.model.detector import OneStageDetector
 
 
 class Diverged(Exception):
@@ -72,7 +72,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 class TrainingState:
     """What :func:`train` builds and a checkpoint restores."""
 
-    model: ATSSDetector
+    model: OneStageDetector
     optimizer: torch.optim.SGD
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -117,7 +117,7 @@ def _progress(console: Console, total: int) -> Progress:
     )
 
 
-def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console) -> ATSSDetector:
+def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console) -> OneStageDetector:
     """Train ``config`` in ``run``, resuming from its checkpoint if it has one.
 
     Writes ``log.jsonl`` every ``train.log_every`` iterations and ``checkpoint.pt`` every
@@ -137,7 +137,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         max_size=config.data.max_size,
     )
     torch.manual_seed(t.seed)
-    model = ATSSDetector(config.model, dataset.num_classes).to(device)
+    model = OneStageDetector(config.model, dataset.num_classes).to(device)
     optimizer = build_optimizer(model, t)
     state = TrainingState(
         model=model,

@@ -7,10 +7,11 @@ from torch import nn
 
 from atssrepro.config import ModelConfig
 from atssrepro.model import assign
-from atssrepro.model.anchors import grid_anchors
+from atssrepro.model.anchors import anchor_strides, grid_anchors
 from atssrepro.model.backbone import ResNetFPN
-from atssrepro.model.head import ATSSHead
-from atssrepro.model.losses import atss_losses
+from atssrepro.model.box_coder import DeltaCoder, PointCoder
+from atssrepro.model.head import DetectionHead
+from atssrepro.model.losses import detection_losses
 from atssrepro.model.postprocess import Detections, postprocess
 
 # torchvision's ImageNet statistics, in 0-255 RGB, matching its pretrained ResNets.
@@ -18,25 +19,24 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class ATSSDetector(nn.Module):
-    """RetinaNet (#A=1) with the FCOS improvements and ATSS assignment: the paper's main model.
+class OneStageDetector(nn.Module):
+    """The one-stage detector of every experiment in the paper, its variants set by ``ModelConfig``.
 
-    ``forward`` returns the loss dict when targets are given, else the detections.
+    The defaults make the paper's main model, RetinaNet (#A=1) with the FCOS improvements and ATSS
+    assignment. ``forward`` returns the loss dict when targets are given, else the detections.
     """
 
     def __init__(self, config: ModelConfig, num_classes: int) -> None:
         super().__init__()
         self.config = config
         self.num_classes = num_classes
-        self.backbone = ResNetFPN(config.backbone, config.fpn_channels)
+        self.backbone = ResNetFPN(config.backbone, config.fpn_channels, config.p6_from)
         anchors = config.anchors
         self.anchors_per_location = len(anchors.aspect_ratios) * anchors.scales_per_octave
-        self.head = ATSSHead(
-            config.fpn_channels,
-            num_classes,
-            self.anchors_per_location,
-            channels=config.head_channels,
-            num_convs=config.head_convs,
+        point = config.regression == "point"
+        self.coder = PointCoder() if point else DeltaCoder()
+        self.head = DetectionHead(
+            config.fpn_channels, num_classes, self.anchors_per_location, config.head, point_regression=point
         )
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
@@ -64,7 +64,7 @@ class ATSSDetector(nn.Module):
             gt_boxes: [B, G, 4] xyxy; gt_labels: [B, G] int64; gt_mask: [B, G] bool. Training only.
 
         Returns:
-            Training: ``{"cls", "reg", "centerness"}`` scalar losses. Inference: a
+            Training: ``{"cls", "reg"[, "centerness"]}`` scalar losses. Inference: a
             :class:`Detections` per image, in the coordinates of ``images``.
         """
         features = self.backbone(self.normalize(images, image_sizes))
@@ -73,14 +73,32 @@ class ATSSDetector(nn.Module):
         anchors, num_per_level = grid_anchors(
             [f.shape[-2:] for f in features], a.scale, a.aspect_ratios, a.scales_per_octave, images.device
         )
+        strides = anchor_strides(num_per_level, images.device)
         if gt_boxes is None:
             return postprocess(
-                cls_logits, box_regression, centerness, anchors, num_per_level, image_sizes, self.config.inference
+                cls_logits,
+                box_regression,
+                centerness,
+                anchors,
+                strides,
+                num_per_level,
+                image_sizes,
+                self.coder,
+                self.config.inference,
             )
         with torch.no_grad():
-            matched = assign.atss(
-                anchors, num_per_level, self.anchors_per_location, gt_boxes, gt_mask, self.config.assign.topk
+            matched = assign.assign(
+                self.config.assign, anchors, num_per_level, self.anchors_per_location, gt_boxes, gt_mask
             )
-        return atss_losses(
-            cls_logits, box_regression, centerness, anchors, matched, gt_boxes, gt_labels, self.config.loss
+        return detection_losses(
+            cls_logits,
+            box_regression,
+            centerness,
+            anchors,
+            strides,
+            matched,
+            gt_boxes,
+            gt_labels,
+            self.coder,
+            self.config.loss,
         )

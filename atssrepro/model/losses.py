@@ -1,4 +1,4 @@
-"""The ATSS training losses, normalised exactly as the official code does it."""
+"""Training losses, normalised exactly as the official ATSS code does it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from atssrepro import distributed
 from atssrepro.config import LossConfig
-from atssrepro.model import box_coder
 from atssrepro.model.anchors import box_centres
 from atssrepro.model.assign import IGNORE
+from atssrepro.model.box_coder import BoxCoder
 
 GIOU_EPS = 1e-7
 
@@ -19,46 +19,50 @@ def centerness_target(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor
     """FCOS centerness of each point in its box: sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)).
 
     Args:
-        points: [P, 2] (x, y), strictly inside ``boxes``.
+        points: [P, 2] (x, y), inside ``boxes``.
         boxes: [P, 4] xyxy.
 
     Returns:
-        [P] in (0, 1].
+        [P] in [0, 1]; a point outside its box (possible with IoU assignment) gets 0.
     """
     left, top = points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1]
     right, bottom = boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]
     lr = torch.minimum(left, right) / torch.maximum(left, right)
     tb = torch.minimum(top, bottom) / torch.maximum(top, bottom)
-    return torch.sqrt(lr * tb)
+    return torch.sqrt((lr * tb).clamp(min=0))
 
 
-def atss_losses(
+def detection_losses(
     cls_logits: torch.Tensor,
     box_regression: torch.Tensor,
-    centerness: torch.Tensor,
+    centerness: torch.Tensor | None,
     anchors: torch.Tensor,
+    strides: torch.Tensor,
     matched: torch.Tensor,
     gt_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
+    coder: BoxCoder,
     config: LossConfig,
 ) -> dict[str, torch.Tensor]:
-    """Focal loss, centerness-weighted GIoU loss and centerness BCE.
+    """Focal loss, regression loss (GIoU or smooth-L1) and centerness BCE.
 
     Normalisers are averaged over all ranks, so the gradient does not depend on how the batch
-    is split across GPUs: classification and centerness by max(mean #positives, 1), regression
-    by the mean sum of centerness targets. Every rank enters the one all-reduce, also when it
-    has no positive.
+    is split across GPUs: classification and centerness by max(mean #positives, 1); GIoU by the
+    mean sum of its weights, which are the centerness targets when there is a centerness branch
+    (official ATSS) and 1 otherwise; smooth-L1 by 4 x #positives (RetinaNet's per-coordinate
+    mean). Every rank enters the one all-reduce, also when it has no positive.
 
     Args:
-        cls_logits: [B, N, C]. box_regression: [B, N, 4] deltas. centerness: [B, N] logits.
-        anchors: [N, 4] xyxy.
+        cls_logits: [B, N, C]. box_regression: [B, N, 4]. centerness: [B, N] logits or None.
+        anchors: [N, 4] xyxy. strides: [N] stride of each anchor's level.
         matched: [B, N] from an assigner (GT index, BACKGROUND or IGNORE).
         gt_boxes: [B, G, 4] xyxy. gt_labels: [B, G] int64.
+        coder: how ``box_regression`` encodes boxes.
 
     Returns:
-        ``{"cls": ..., "reg": ..., "centerness": ...}``, scalar float32 tensors.
+        ``{"cls", "reg"}`` and ``"centerness"`` when the branch exists: scalar float32 tensors.
     """
-    cls_logits, box_regression, centerness = cls_logits.float(), box_regression.float(), centerness.float()
+    cls_logits, box_regression = cls_logits.float(), box_regression.float()
     positive = matched >= 0  # [B, N]
     gt_index = matched.clamp(min=0)
     if gt_boxes.shape[1] == 0:  # no GT at all: give gather a dummy column that no positive uses
@@ -72,20 +76,29 @@ def atss_losses(
         cls_loss = cls_loss * (matched != IGNORE).unsqueeze(-1)
 
     batch_index, anchor_index = positive.nonzero(as_tuple=True)
-    pos_anchors = anchors[anchor_index]  # [P, 4]
+    pos_anchors, pos_strides = anchors[anchor_index], strides[anchor_index]  # [P, 4], [P]
     pos_gt = gt_boxes[batch_index, gt_index[batch_index, anchor_index]]  # [P, 4]
+    pos_regression = box_regression[batch_index, anchor_index]
     ctr_targets = centerness_target(box_centres(pos_anchors), pos_gt)
+    reg_weights = ctr_targets if centerness is not None else torch.ones_like(ctr_targets)
 
-    totals = distributed.all_reduce_mean(torch.stack([positive.sum().float(), ctr_targets.sum()]))
+    totals = distributed.all_reduce_mean(torch.stack([positive.sum().float(), reg_weights.sum()]))
     num_pos = totals[0].clamp(min=1.0)
-    ctr_sum = torch.where(totals[1] > 0, totals[1], torch.ones_like(totals[1]))
+    weight_sum = torch.where(totals[1] > 0, totals[1], torch.ones_like(totals[1]))
 
-    # Decoded boxes have positive width and height (exp of the log deltas), as GIoU needs.
-    pred_boxes = box_coder.decode(pos_anchors, box_regression[batch_index, anchor_index])
-    giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none", eps=GIOU_EPS)
-    ctr_loss = F.binary_cross_entropy_with_logits(centerness[batch_index, anchor_index], ctr_targets, reduction="sum")
-    return {
-        "cls": cls_loss.sum() / num_pos,
-        "reg": config.reg_weight * (giou * ctr_targets).sum() / ctr_sum,
-        "centerness": ctr_loss / num_pos,
-    }
+    if config.regression == "giou":
+        # Decoded boxes have positive width and height (exp of deltas, or ReLU'd distances).
+        pred_boxes = coder.decode(pos_anchors, pos_strides, pos_regression)
+        giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none", eps=GIOU_EPS)
+        reg_loss = (giou * reg_weights).sum() / weight_sum
+    else:
+        targets = coder.encode(pos_anchors, pos_strides, pos_gt)
+        smooth_l1 = F.smooth_l1_loss(pos_regression, targets, beta=config.smooth_l1_beta, reduction="sum")
+        reg_loss = smooth_l1 / (4 * num_pos)
+
+    losses = {"cls": cls_loss.sum() / num_pos, "reg": config.reg_weight * reg_loss}
+    if centerness is not None:
+        pos_centerness = centerness.float()[batch_index, anchor_index]
+        ctr_loss = F.binary_cross_entropy_with_logits(pos_centerness, ctr_targets, reduction="sum")
+        losses["centerness"] = ctr_loss / num_pos
+    return losses

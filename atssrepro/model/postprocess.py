@@ -9,7 +9,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from atssrepro.config import InferenceConfig
-from atssrepro.model import box_coder
+from atssrepro.model.box_coder import BoxCoder
 
 
 @dataclass
@@ -17,17 +17,19 @@ class Detections:
     """The detections of one image, in the pixels of the network's input image."""
 
     boxes: torch.Tensor  # [D, 4] float32 xyxy
-    scores: torch.Tensor  # [D] float32, sqrt(cls x centerness)
+    scores: torch.Tensor  # [D] float32, sqrt(cls x centerness), or cls without centerness
     labels: torch.Tensor  # [D] int64 contiguous class index
 
 
 def postprocess(
     cls_logits: torch.Tensor,
     box_regression: torch.Tensor,
-    centerness: torch.Tensor,
+    centerness: torch.Tensor | None,
     anchors: torch.Tensor,
+    strides: torch.Tensor,
     num_per_level: Sequence[int],
     image_sizes: torch.Tensor,
+    coder: BoxCoder,
     config: InferenceConfig,
 ) -> list[Detections]:
     """Threshold, per-level top-k, decode, class-wise NMS and the per-image cap.
@@ -35,11 +37,12 @@ def postprocess(
     1. A (anchor, class) pair is a candidate when sigmoid(cls) > ``score_threshold``.
     2. Per level and image, keep the ``pre_nms_topk`` candidates ranked by cls x centerness.
     3. Decode the boxes, clip them to the image, score = sqrt(cls x centerness).
+    Without a centerness branch, ranking and score are cls alone (RetinaNet).
     4. NMS per image and class at ``nms_iou``; keep the best ``detections_per_image``.
 
     Args:
-        cls_logits: [B, N, C]. box_regression: [B, N, 4]. centerness: [B, N] logits.
-        anchors: [N, 4]; num_per_level: anchors per level, summing to N.
+        cls_logits: [B, N, C]. box_regression: [B, N, 4]. centerness: [B, N] logits or None.
+        anchors: [N, 4]; strides: [N]; num_per_level: anchors per level, summing to N.
         image_sizes: [B, 2] (h, w) of each image before padding.
 
     Returns:
@@ -47,7 +50,7 @@ def postprocess(
     """
     batch, _, num_classes = cls_logits.shape
     probs = torch.sigmoid(cls_logits.float())
-    ctr = torch.sigmoid(centerness.float())
+    ctr = torch.sigmoid(centerness.float()) if centerness is not None else torch.ones_like(probs[..., 0])
 
     anchor_idx, class_idx, cls_prob, ctr_prob = [], [], [], []
     start = 0
@@ -69,9 +72,9 @@ def postprocess(
     keep = cls_prob > config.score_threshold  # top-k may have had to take non-candidates
     image_idx = torch.arange(batch, device=cls_logits.device)[:, None].expand_as(anchor_idx)[keep]
     anchor_idx, class_idx = anchor_idx[keep], class_idx[keep]
-    scores = torch.sqrt(cls_prob[keep] * ctr_prob[keep])
+    scores = torch.sqrt(cls_prob[keep] * ctr_prob[keep]) if centerness is not None else cls_prob[keep]
     deltas = box_regression[image_idx, anchor_idx].float()
-    boxes = box_coder.decode(anchors[anchor_idx], deltas)
+    boxes = coder.decode(anchors[anchor_idx], strides[anchor_idx], deltas)
     sizes = image_sizes.to(boxes)[image_idx]  # [D, 2] (h, w)
     boxes = torch.stack(
         [
