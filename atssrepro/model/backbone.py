@@ -1,4 +1,4 @@
-"""ResNet + FPN producing P3-P7, built from torchvision's parts."""
+"""ResNet / ResNeXt + FPN producing P3-P7, built from torchvision's parts."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.resnet import Bottleneck
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from atssrepro.config import BackboneConfig
 from atssrepro.errors import UserError
+from atssrepro.model.dcn import replace_with_dcn
 
 # Stages from the last to the first: trainable_stages = k leaves the first 5 - k frozen.
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def load_weights(resnet: nn.Module, weights: str) -> None:
-    """Load pretrained ImageNet weights into ``resnet`` from a file or a torchvision weights name."""
+    """Load pretrained ImageNet weights into a torchvision ``resnet`` (or ResNeXt) from a file or a
+    torchvision weights name such as ``ResNeXt101_32X8D_Weights.IMAGENET1K_V1``."""
     path = Path(weights).expanduser()
     if path.suffix in (".pth", ".pt") or path.exists():
         if not path.is_file():
@@ -35,7 +38,7 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
         except (ValueError, KeyError):
             raise UserError(
                 f"model.backbone.weights = {weights!r} is neither a file nor a torchvision weights name "
-                "such as 'ResNet50_Weights.IMAGENET1K_V1'"
+                "such as 'ResNet50_Weights.IMAGENET1K_V1' or 'ResNeXt101_32X8D_Weights.IMAGENET1K_V1'"
             ) from None
         try:
             state = enum.get_state_dict(progress=False)
@@ -53,7 +56,9 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
     else:
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
-            problem = f"{len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}"
+            problem = (
+                f"{len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}"
+            )
     if problem:
         raise UserError(
             f"model.backbone.weights = {weights} does not fit a torchvision {type(resnet).__name__} "
@@ -62,27 +67,42 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
 
 
 class ResNetFPN(nn.Module):
-    """A torchvision ResNet with frozen BatchNorm, and an FPN over C3-C5 with P6, P7 on top.
+    """A torchvision ResNet or ResNeXt with frozen BatchNorm, and an FPN over C3-C5 with P6, P7 on top.
 
-    P6 is a stride-2 3x3 conv on P5 (``USE_C5: False``) and P7 one on ReLU(P6), the official
-    ``LastLevelP6P7``.
+    P6 is a stride-2 3x3 conv on P5 (``p6_from="p5"``, the official ATSS ``USE_C5: False``) or
+    on C5 (``"c5"``, RetinaNet's), and P7 one on ReLU(P6), the official ``LastLevelP6P7``.
+    With ``config.dcn`` the 3x3 convs of stages c3-c5 (ResNet) or c4-c5 (ResNeXt) become DCNv2.
     """
 
-    def __init__(self, config: BackboneConfig, out_channels: int) -> None:
+    def __init__(self, config: BackboneConfig, out_channels: int, p6_from: str = "p5") -> None:
         super().__init__()
+        if p6_from not in ("p5", "c5"):
+            raise ValueError(f"p6_from must be 'p5' or 'c5', not {p6_from!r}")
         resnet = getattr(torchvision.models, config.name)(weights=None, norm_layer=FrozenBatchNorm2d)
+        if config.dcn and not isinstance(resnet.layer4[0], Bottleneck):
+            raise UserError(
+                f"model.backbone.dcn needs a Bottleneck ResNet: resnet50, resnet101 or a ResNeXt, not {config.name}"
+            )
         if config.weights:
             load_weights(resnet, config.weights)
+        if config.dcn:
+            # The official dcnv2 models: DCN in c3-c5 of a ResNet, c4-c5 of a ResNeXt.
+            resnext = config.name.startswith("resnext")
+            for stage in ("layer3", "layer4") if resnext else ("layer2", "layer3", "layer4"):
+                replace_with_dcn(getattr(resnet, stage))
         trainable = _STAGES[: config.trainable_stages]
         for name, parameter in resnet.named_parameters():
             parameter.requires_grad_(name.split(".")[0] in trainable)
         c5_channels = resnet.fc.in_features
+        extra_blocks = LastLevelP6P7(c5_channels if p6_from == "c5" else out_channels, out_channels)
+        # torchvision picks P5 whenever the channel counts match; C5 may have out_channels too.
+        extra_blocks.use_P5 = p6_from == "p5"
         self.body = BackboneWithFPN(
             resnet,
             return_layers={"layer2": "c3", "layer3": "c4", "layer4": "c5"},
             in_channels_list=[c5_channels // 4, c5_channels // 2, c5_channels],
             out_channels=out_channels,
-            extra_blocks=LastLevelP6P7(out_channels, out_channels),
+            extra_blocks=extra_blocks,
         )
         self.out_channels = out_channels
 
