@@ -226,3 +226,45 @@ def test_data_loader_with_workers_matches_direct_loading(tiny_coco: Path) -> Non
         assert torch.equal(batch.images, expected.images)
         assert torch.equal(batch.boxes, expected.boxes)
         assert torch.equal(batch.image_ids, expected.image_ids)
+
+
+# Images-only files (COCO's image_info_test-dev2017.json): no "annotations" key
+
+
+def images_only(root: Path, tmp_path: Path, drop: tuple[str, ...] = ("annotations",)) -> Path:
+    data = load_json(root, "val")
+    ann_file = tmp_path / "image_info_test-dev2017.json"
+    ann_file.write_text(json.dumps({key: value for key, value in data.items() if key not in drop}))
+    return ann_file
+
+
+def test_images_only_file_gives_every_image_without_boxes(synth_coco: Path, tmp_path: Path) -> None:
+    data = load_json(synth_coco, "val")
+    dataset = CocoDetection(images_only(synth_coco, tmp_path), synth_coco / "val2017", train=False)
+
+    assert dataset.image_ids == sorted(image["id"] for image in data["images"])
+    assert dataset.category_ids == sorted(category["id"] for category in data["categories"])
+    sample = dataset[SampleSpec(0, 64, True)]
+    assert sample.boxes.shape == (0, 4) and sample.labels.shape == (0,)
+    assert min(sample.image.shape[1:]) == 64
+
+
+def test_images_only_file_cannot_train(synth_coco: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no annotations"):
+        CocoDetection(images_only(synth_coco, tmp_path), synth_coco / "val2017", train=True)
+
+
+@pytest.mark.parametrize("key", ["images", "categories"])
+def test_images_only_file_still_needs_images_and_categories(synth_coco: Path, tmp_path: Path, key: str) -> None:
+    with pytest.raises(UserError, match=rf"not in COCO format \(no [a-z, ]*{key}"):
+        CocoDetection(images_only(synth_coco, tmp_path, ("annotations", key)), synth_coco / "val2017", train=False)
+
+
+def test_sample_spec_max_size_overrides_the_dataset_cap(synth_coco: Path) -> None:
+    dataset = CocoDetection(synth_coco / "annotations" / "instances_val2017.json", synth_coco / "val2017", train=False)
+    sizes = [
+        (resized_size(h, w, 400, 1333), resized_size(h, w, 400, 450)) for h, w in map(dataset.image_size, range(4))
+    ]
+    index = next(i for i, (default, capped) in enumerate(sizes) if default != capped)
+    assert dataset[SampleSpec(index, 400, False)].image.shape[1:] == sizes[index][0]
+    assert dataset[SampleSpec(index, 400, False, max_size=450)].image.shape[1:] == sizes[index][1]

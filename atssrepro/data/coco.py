@@ -28,6 +28,7 @@ class SampleSpec(NamedTuple):
     index: int  # dataset index
     short_side: int  # target shorter side for the resize
     flip: bool  # horizontal flip
+    max_size: int | None = None  # cap on the longer side; None: the dataset's own (test-time augmentation sets it)
 
 
 class Sample(NamedTuple):
@@ -78,7 +79,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     With ``train=True`` the images without a usable box are dropped, as in maskrcnn-benchmark; with
     ``train=False`` every image is kept because COCO evaluation needs them all. Either way the
-    images are in increasing order of COCO id.
+    images are in increasing order of COCO id. With ``train=False`` the file may also list images
+    only, with no ``annotations`` key (COCO's ``image_info_test-dev2017.json``): every image then has
+    no box.
     """
 
     def __init__(self, ann_file: Path, image_dir: Path, *, train: bool, max_size: int = 1333) -> None:
@@ -92,7 +95,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise UserError(f"annotation file {ann_file} not found; {fix}")
         if not image_dir.is_dir():
             raise UserError(f"image directory {image_dir} not found; {fix}")
-        self.coco = _load_coco(ann_file)
+        self.coco = _load_coco(ann_file, train)
         self.image_dir = image_dir
         self.max_size = max_size
 
@@ -131,6 +134,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, spec: SampleSpec) -> Sample:
         """Decode image ``spec.index``, resize it to ``spec.short_side`` and flip it if ``spec.flip``."""
+        max_size = self.max_size if spec.max_size is None else spec.max_size
         path = self._image_path(spec.index)
         image = _decode_rgb(path)
         height, width = self.image_size(spec.index)
@@ -139,7 +143,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"image {path} is {image.shape[1]}x{image.shape[2]} but its annotation file says {height}x{width}; "
                 "fix its height and width in the annotation file"
             )
-        new_height, new_width = resized_size(height, width, spec.short_side, self.max_size)
+        new_height, new_width = resized_size(height, width, spec.short_side, max_size)
         image = F.resize(image, [new_height, new_width], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
         boxes, labels = self._targets[spec.index]
@@ -154,18 +158,21 @@ class CocoDetection(torch.utils.data.Dataset):
         return self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
 
 
-def _load_coco(ann_file: Path) -> pycocotools.coco.COCO:
-    """Parse and check a COCO annotation file, then index it with pycocotools without its prints."""
+def _load_coco(ann_file: Path, train: bool) -> pycocotools.coco.COCO:
+    """Parse and check a COCO annotation file, then index it with pycocotools without its prints.
+
+    Training needs ``annotations``; inference also reads a file without them (images only).
+    """
     try:
         dataset = json.loads(ann_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"annotation file {ann_file} is not valid JSON ({error}); re-download it") from error
-    required = ("images", "annotations", "categories")
-    missing = [key for key in required if not isinstance(dataset, dict) or key not in dataset]
-    if missing:
+    keys = ("images", "annotations", "categories")
+    missing = [key for key in keys if not isinstance(dataset, dict) or key not in dataset]
+    if missing and (train or missing != ["annotations"]):
+        expected = "a COCO instances_*.json file" if train else "a COCO instances_*.json or image_info_*.json file"
         raise UserError(
-            f"annotation file {ann_file} is not in COCO format (no {', '.join(missing)}); "
-            "point to a COCO instances_*.json file"
+            f"annotation file {ann_file} is not in COCO format (no {', '.join(missing)}); point to {expected}"
         )
     coco = pycocotools.coco.COCO()
     coco.dataset = dataset

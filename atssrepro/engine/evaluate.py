@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -13,7 +15,7 @@ from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import EvalBatchSampler
 from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
 from atssrepro.engine.train import autocast
-from atssrepro.model.detector import ATSSDetector
+from atssrepro.model.detector import OneStageDetector
 
 
 def val_dataset(config: cfg.Config) -> CocoDetection:
@@ -23,7 +25,7 @@ def val_dataset(config: cfg.Config) -> CocoDetection:
 
 @torch.inference_mode()
 def predict(
-    model: ATSSDetector, dataset: CocoDetection, config: cfg.Config, device: torch.device, console: Console
+    model: OneStageDetector, dataset: CocoDetection, config: cfg.Config, device: torch.device, console: Console
 ) -> list[dict]:
     """Detections of every image of ``dataset`` in the COCO results format, gathered on all ranks.
 
@@ -49,18 +51,27 @@ def predict(
             # (h, w) ratios of stored to network-input size -> xyxy multipliers.
             ratios = (batch.original_sizes.float() / batch.image_sizes.float()).flip(1).repeat(1, 2)
             for image_id, ratio, det in zip(batch.image_ids.tolist(), ratios, detections):
-                boxes = (det.boxes * ratio).tolist()
-                for (x1, y1, x2, y2), score, label in zip(boxes, det.scores.tolist(), det.labels.tolist()):
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": dataset.category_ids[label],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": score,
-                        }
-                    )
+                results += coco_results(image_id, det.boxes * ratio, det.scores, det.labels, dataset.category_ids)
             progress.advance(task)
     return [r for part in distributed.all_gather_objects(results) for r in part]
+
+
+def coco_results(
+    image_id: int, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, category_ids: Sequence[int]
+) -> list[dict]:
+    """COCO results dicts for the detections of one image.
+
+    Args:
+        boxes: [D, 4] xyxy in the pixels of the image as stored. scores: [D]. labels: [D] contiguous
+            class indices, mapped to the dataset's COCO ids by ``category_ids``.
+
+    Returns:
+        ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` per detection.
+    """
+    return [
+        {"image_id": image_id, "category_id": category_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())
+    ]
 
 
 def evaluate(detections: list[dict], dataset: CocoDetection, config: cfg.Config) -> CocoMetrics:

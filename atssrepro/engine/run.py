@@ -11,14 +11,16 @@ from rich.console import Console
 
 from atssrepro import config as cfg
 from atssrepro import distributed
+from atssrepro.data.coco import CocoDetection
 from atssrepro.engine import checkpoint
 from atssrepro.engine.coco_eval import CocoMetrics
 from atssrepro.engine.evaluate import evaluate, predict, val_dataset
 from atssrepro.engine.run_dir import RunDir, State
 from atssrepro.engine.train import Diverged, train
+from atssrepro.engine.tta import TTAConfig, predict_tta
 from atssrepro.errors import UserError
 from atssrepro.fileio import write_json
-from atssrepro.model.detector import ATSSDetector
+from atssrepro.model.detector import OneStageDetector
 
 
 def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> dict:
@@ -59,14 +61,14 @@ def _record(run: RunDir, state: State, **fields) -> None:
 
 
 def evaluate_model(
-    model: ATSSDetector, config: cfg.Config, device: torch.device, console: Console, run: RunDir | None = None
+    model: OneStageDetector, config: cfg.Config, device: torch.device, console: Console, run: RunDir | None = None
 ) -> dict:
     """Detect on the validation split and score it; write detections.json and metrics.json into ``run``.
 
     Returns the metrics on the main process and ``{}`` on the others.
     """
     dataset = val_dataset(config)
-    detections = predict(model, dataset, config, device, console)
+    detections = detect(model, dataset, config, device, console)
     if not distributed.is_main():
         return {}
     result: CocoMetrics = evaluate(detections, dataset, config)
@@ -81,10 +83,19 @@ def read_metrics(run: RunDir) -> dict:
     return json.loads(run.metrics_path.read_text())
 
 
-def model_from_checkpoint(path, device: torch.device) -> tuple[ATSSDetector, cfg.Config]:
+def detect(
+    model: OneStageDetector, dataset: CocoDetection, config: cfg.Config, device: torch.device, console: Console
+) -> list[dict]:
+    """COCO results for every image of ``dataset``: single scale, or multi-scale when ``eval.tta``."""
+    if config.eval.tta:
+        return predict_tta(model, dataset, config, TTAConfig(), device, console)
+    return predict(model, dataset, config, device, console)
+
+
+def model_from_checkpoint(path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:
     """The trained model and the config it was trained with, from a checkpoint file."""
     state = checkpoint.load(path)
     config = cfg.from_dict(state["config"], str(path))
-    model = ATSSDetector(config.model, state["num_classes"])
+    model = OneStageDetector(config.model, state["num_classes"])
     model.load_state_dict(state["model"])
     return model.to(device), config

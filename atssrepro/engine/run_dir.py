@@ -19,14 +19,16 @@ State = Literal["pending", "running", "done", "failed", "diverged"]
 
 
 class RunDir:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tta: bool = False) -> None:
+        """``tta`` names the detections and metrics of multi-scale testing apart from the single-scale ones."""
         self.path = Path(path)
+        suffix = "_tta" if tta else ""
         self.config_path = self.path / "config.toml"
         self.state_path = self.path / "run.json"
         self.log_path = self.path / "log.jsonl"
         self.checkpoint_path = self.path / "checkpoint.pt"
-        self.detections_path = self.path / "detections.json"
-        self.metrics_path = self.path / "metrics.json"
+        self.detections_path = self.path / f"detections{suffix}.json"
+        self.metrics_path = self.path / f"metrics{suffix}.json"
 
     def init(self, config: cfg.Config, preset: str) -> None:
         """Create the folder for ``config``, or check that an existing one holds the same config."""
