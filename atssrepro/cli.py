@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Make datasets: the embedded synthetic one, or a real COCO subset.")
 app.add_typer(data_app, name="data")
+analyze_app = typer.Typer(no_args_is_help=True, help="Analyses that need no GPU and no images.")
+app.add_typer(analyze_app, name="analyze")
 
 # Human-readable progress goes to stderr, so that --json leaves stdout to the JSON alone.
 console = Console(stderr=True)
@@ -81,9 +83,14 @@ def eval_(
     detections: Path | None = typer.Option(None, help="Score this COCO results file instead of a model."),
     ann: Path | None = typer.Option(None, help="Annotation file for --detections."),
     backend: str | None = typer.Option(None, help="pycocotools (default) or faster-coco-eval."),
+    tta: bool = typer.Option(False, "--tta", help="Multi-scale + flip testing with box voting (Table 8)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Evaluate a trained run or checkpoint, or score any COCO results file with --detections."""
+    """Evaluate a trained run or checkpoint, or score any COCO results file with --detections.
+
+    Evaluating a run folder on its own data writes detections.json and metrics.json into it
+    (``detections_tta.json`` and ``metrics_tta.json`` with --tta).
+    """
     if detections is not None:
         from atssrepro.engine.coco_eval import evaluate_detections, load_detections
 
@@ -99,18 +106,47 @@ def eval_(
     from atssrepro.engine.run import evaluate_model, model_from_checkpoint
     from atssrepro.engine.run_dir import RunDir
 
-    run = RunDir(target) if target.is_dir() else None
+    run = RunDir(target, tta=tta) if target.is_dir() else None
     device = distributed.init_from_env()
     model, config = model_from_checkpoint(run.checkpoint_path if run else target, device)
     if data is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
-    if backend is not None:
-        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, backend=backend))
+    config = dataclasses.replace(
+        config, eval=dataclasses.replace(config.eval, backend=backend or config.eval.backend, tta=tta)
+    )
     # A run folder evaluated on its own data keeps the new metrics; other data only prints them.
     metrics = evaluate_model(model, config, device, console, run if data is None else None)
     distributed.destroy()
     if metrics:
         print_metrics(metrics, as_json)
+
+
+@app.command()
+def predict(
+    target: Path = typer.Argument(..., help="A run folder or a checkpoint file."),
+    images: Path = typer.Option(..., help="Folder of the images, e.g. test2017/."),
+    info: Path = typer.Option(..., help="Image list in COCO format, e.g. image_info_test-dev2017.json."),
+    out: Path = typer.Option(Path("results/test-dev"), "--out", "-o", help="Folder for the zip."),
+    split: str = typer.Option("test-dev2017", help="Split name in the file names the COCO server expects."),
+    method: str = typer.Option("atssrepro", help="Method name in the file names."),
+    tta: bool = typer.Option(False, "--tta", help="Multi-scale + flip testing with box voting (Table 8)."),
+) -> None:
+    """Detect on an images-only split (COCO test-dev) and write the zip for the evaluation server."""
+    from atssrepro import distributed
+    from atssrepro.data.coco import CocoDetection
+    from atssrepro.engine.run import detect, model_from_checkpoint
+    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.engine.testdev import export_results_zip
+
+    device = distributed.init_from_env()
+    model, config = model_from_checkpoint(RunDir(target).checkpoint_path if target.is_dir() else target, device)
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, tta=tta))
+    dataset = CocoDetection(info, images, train=False, max_size=config.data.max_size)
+    detections = detect(model, dataset, config, device, console)
+    if distributed.is_main():
+        path = export_results_zip(detections, out, split=split, method=method)
+        console.print(f"wrote {len(detections)} detections of {len(dataset)} images to {path}")
+    distributed.destroy()
 
 
 @app.command("config")
@@ -155,6 +191,47 @@ def data_subset(
 
     ann = make_coco_subset(coco, split, images, out, seed=seed)
     console.print(f"wrote {images} images of {split} to {out} ({ann})")
+
+
+@analyze_app.command("assignment")
+def analyze_assignment(
+    ann: Path = typer.Option(..., help="A COCO annotation file; image sizes come from it, no image is read."),
+    strategy: list[str] = typer.Option(
+        ["atss", "iou", "ssc", "center_sampling"], "--strategy", help="Assignment strategy (repeatable)."
+    ),
+    config: str | None = ConfigOption,
+    set_: list[str] = SetOption,
+    max_images: int | None = typer.Option(None, help="Analyse only the first N images with a box."),
+    out: Path = typer.Option(Path("results/analysis"), "--out", "-o", help="Folder for the CSVs and the plot."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Positives per GT of each assigner, by object size: the paper's 0.2 x k x L claim, checked.
+
+    Resizes every image as training does (model anchors and the assignment settings come from the
+    config), runs each strategy, prints a markdown summary and writes ``summary.csv``,
+    ``per_gt.csv`` and ``positives.png`` to ``--out``.
+    """
+    from atssrepro import config as cfg
+    from atssrepro.analysis.assignment import (
+        assignment_statistics,
+        plot_positives,
+        positives_reference,
+        render_summary,
+        summarize,
+    )
+    from atssrepro.fileio import write_text
+
+    resolved = cfg.build_config(config, "paper", set_)
+    d = resolved.data
+    stats = assignment_statistics(
+        ann, strategy, resolved.model, d.train_short_side[1], d.max_size, d.size_divisible, max_images, device=device
+    )
+    summary = summarize(stats, resolved.model)
+    write_text(out / "per_gt.csv", stats.to_csv(index=False))
+    write_text(out / "summary.csv", summary.to_csv(index=False))
+    plot_positives(stats, out / "positives.png", positives_reference(resolved.model))
+    print(render_summary(summary), end="")
+    console.print(f"wrote {out / 'summary.csv'}, {out / 'per_gt.csv'} and {out / 'positives.png'}")
 
 
 def check_torch_pair() -> None:

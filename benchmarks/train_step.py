@@ -27,10 +27,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from atssrepro.config import ModelConfig
 from atssrepro.model import assign
-from atssrepro.model.anchors import grid_anchors
-from atssrepro.model.detector import OneStageDetector
-from atssrepro.model.anchors import anchor_strides
+from atssrepro.model.anchors import anchor_strides, grid_anchors
 from atssrepro.model.box_coder import DeltaCoder
+from atssrepro.model.detector import OneStageDetector
 from atssrepro.model.losses import detection_losses
 
 NUM_CLASSES = 80

@@ -62,3 +62,14 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
 def test_data_synth_writes_a_coco_dataset(tmp_path):
     atssrepro("data", "synth", "--out", str(tmp_path), "--train-images", "2", "--val-images", "1")
     assert len(json.loads((tmp_path / "annotations" / "instances_val2017.json").read_text())["images"]) == 1
+
+
+def test_analyze_assignment_on_tiny_coco(tiny_coco, tmp_path):
+    ann = tiny_coco / "annotations" / "instances_val2017.json"
+    result = atssrepro(
+        "analyze", "assignment", "--ann", str(ann), "--out", str(tmp_path), "--max-images", "10",
+        "--strategy", "atss", "--strategy", "iou",
+    )  # fmt: skip
+    assert "| atss | all |" in result.stdout and "| iou | small |" in result.stdout
+    assert (tmp_path / "positives.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "summary.csv").read_text().startswith("strategy,size,num_gt")
