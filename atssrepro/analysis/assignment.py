@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from torchvision.ops import box_area
 
 from atssrepro.config import AssignConfig, ModelConfig
-from atssrepro.data.coco import _load_coco, _usable_boxes, resized_size
+from atssrepro.data.coco import load_coco, resized_size, usable_boxes
 from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write
 from atssrepro.model.anchors import STRIDES, feature_sizes, grid_anchors
@@ -166,14 +166,14 @@ def _load_images(
     """The images of ``ann_file`` that have a usable box, resized and padded, in increasing id order."""
     if not ann_file.is_file():
         raise UserError(f"annotation file {ann_file} not found; pass a COCO instances_*.json file")
-    coco = _load_coco(ann_file, train=True)  # train: the file must have annotations
+    coco = load_coco(ann_file, train=True)  # train: the file must have annotations
     category_index = {category_id: i for i, category_id in enumerate(sorted(coco.cats))}
     images = []
     for image_id in sorted(coco.imgs):
         if max_images is not None and len(images) >= max_images:
             break
         height, width = coco.imgs[image_id]["height"], coco.imgs[image_id]["width"]
-        boxes, _ = _usable_boxes(coco.imgToAnns[image_id], height, width, category_index)
+        boxes, _ = usable_boxes(coco.imgToAnns[image_id], height, width, category_index)
         if len(boxes) == 0:
             continue
         new_height, new_width = resized_size(height, width, short_side, max_size)

@@ -56,7 +56,7 @@ def resized_size(height: int, width: int, short_side: int, max_size: int) -> tup
     return size, int(size * width / height)
 
 
-def _usable_boxes(
+def usable_boxes(
     annotations: list[dict], height: int, width: int, category_index: dict[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The boxes of one image that training and evaluation use, clipped to the image.
@@ -95,7 +95,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise UserError(f"annotation file {ann_file} not found; {fix}")
         if not image_dir.is_dir():
             raise UserError(f"image directory {image_dir} not found; {fix}")
-        self.coco = _load_coco(ann_file, train)
+        self.coco = load_coco(ann_file, train)
         self.image_dir = image_dir
         self.max_size = max_size
 
@@ -110,7 +110,7 @@ class CocoDetection(torch.utils.data.Dataset):
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
             annotations = self.coco.imgToAnns[image_id]
-            boxes, labels = _usable_boxes(annotations, info["height"], info["width"], category_index)
+            boxes, labels = usable_boxes(annotations, info["height"], info["width"], category_index)
             if train and len(boxes) == 0:
                 continue
             self.image_ids.append(image_id)
@@ -158,7 +158,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
 
 
-def _load_coco(ann_file: Path, train: bool) -> pycocotools.coco.COCO:
+def load_coco(ann_file: Path, train: bool) -> pycocotools.coco.COCO:
     """Parse and check a COCO annotation file, then index it with pycocotools without its prints.
 
     Training needs ``annotations``; inference also reads a file without them (images only).
