@@ -38,9 +38,10 @@ BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 class BackboneConfig:
     name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"] = "resnet50"
     """A torchvision ResNet or ResNeXt; its stages C3-C5 feed the FPN."""
-    weights: str = ""
-    """Pretrained weights: a local ``.pth`` state-dict file, a torchvision weights name such as
-    ``ResNet50_Weights.IMAGENET1K_V1``, or empty to train from scratch."""
+    weights: str = "imagenet"
+    """Pretrained weights: ``imagenet`` (torchvision's classic ImageNet weights of ``name``, the
+    ``IMAGENET1K_V1`` of the paper's era), a torchvision weights name such as
+    ``ResNet50_Weights.IMAGENET1K_V2``, a local ``.pth`` state-dict file, or empty to train from scratch."""
     trainable_stages: int = 3
     """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
     dcn: bool = False
@@ -194,7 +195,7 @@ class Config:
 # `demo` trains the smoke model long enough to learn the embedded synthetic dataset (~3 minutes).
 _SMOKE: dict[str, Any] = {
     "model": {
-        "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5},
+        "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5, "dcn": False},
         "fpn_channels": 64,
         "head": {"channels": 64, "convs": 2},
     },

@@ -25,7 +25,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from atssrepro.config import ModelConfig
+from atssrepro.config import BackboneConfig, ModelConfig
 from atssrepro.model import assign
 from atssrepro.model.anchors import anchor_strides, grid_anchors
 from atssrepro.model.box_coder import DeltaCoder
@@ -81,7 +81,8 @@ def main() -> None:
     images, boxes, labels = random_batch(args.batch, args.height, args.width, args.boxes, device)
     sizes = torch.tensor([[args.height, args.width]] * args.batch, device=device)
     mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=device)
-    atss = OneStageDetector(ModelConfig(), NUM_CLASSES).to(device).train()
+    # Random weights on both sides: speed does not depend on them, and nothing is downloaded.
+    atss = OneStageDetector(ModelConfig(backbone=BackboneConfig(weights="")), NUM_CLASSES).to(device).train()
     fcos = torchvision_fcos(args.height, args.width).to(device).train()
     fcos_images = [image.float() / 255 for image in images]
     fcos_targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels)]

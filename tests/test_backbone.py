@@ -12,12 +12,12 @@ import torchvision
 
 from atssrepro.config import BackboneConfig
 from atssrepro.errors import UserError
-from atssrepro.model.backbone import ResNetFPN, load_weights
+from atssrepro.model.backbone import ResNetFPN, load_weights, weights_name
 from atssrepro.model.dcn import ModulatedDeformConv2d
 
 
 def test_stem_and_res2_are_frozen_by_default():
-    backbone = ResNetFPN(BackboneConfig(name="resnet18"), 64)
+    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=""), 64)
     trainable = {
         name.split(".")[2] for name, p in backbone.body.body.named_parameters(prefix="body.body") if p.requires_grad
     }
@@ -49,6 +49,12 @@ def test_bad_weights_are_one_line_errors(tmp_path, monkeypatch):
         ResNetFPN(BackboneConfig(name="resnet18", weights="ResNet18_Weights.NOPE"), 64)
 
 
+def test_imagenet_resolves_to_the_classic_torchvision_weights():
+    assert weights_name("resnet50", "imagenet") == "ResNet50_Weights.IMAGENET1K_V1"
+    assert weights_name("resnext101_64x4d", "imagenet") == "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"
+    assert weights_name("resnet50", "/some/file.pth") == "/some/file.pth"
+
+
 def test_offline_download_says_how_to_provide_the_file(monkeypatch):
     def offline(self, *args, **kwargs):
         raise urllib.error.URLError("no network")
@@ -70,7 +76,7 @@ def test_broken_torchvision_is_reported_in_one_line():
 
 @pytest.mark.parametrize("p6_from, p6_in", [("c5", 512), ("p5", 64)])
 def test_p6_from_c5_or_p5(p6_from, p6_in):
-    backbone = ResNetFPN(BackboneConfig(name="resnet18"), 64, p6_from=p6_from)
+    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=""), 64, p6_from=p6_from)
     extra = backbone.body.fpn.extra_blocks
     assert extra.p6.in_channels == p6_in and extra.use_P5 == (p6_from == "p5")
     features = backbone(torch.zeros(1, 3, 64, 64))
@@ -79,7 +85,7 @@ def test_p6_from_c5_or_p5(p6_from, p6_in):
 
 def test_p6_from_c5_even_when_c5_has_the_fpn_width():
     # resnet18's C5 has 512 channels: torchvision alone would then read P5.
-    backbone = ResNetFPN(BackboneConfig(name="resnet18"), 512, p6_from="c5")
+    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=""), 512, p6_from="c5")
     seen = []
     backbone.body.fpn.extra_blocks.p6.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     image = torch.randn(1, 3, 64, 64)
@@ -161,7 +167,7 @@ def test_dcn_resnet50_keeps_the_pretrained_weights(tmp_path):
 
 
 def test_dcn_resnext_has_dcn_in_c4_c5_only():
-    backbone = ResNetFPN(BackboneConfig(name="resnext101_32x8d", dcn=True), 32)
+    backbone = ResNetFPN(BackboneConfig(name="resnext101_32x8d", weights="", dcn=True), 32)
     body = backbone.body.body
     assert _dcn_convs(backbone) == {f"layer3.{i}.conv2" for i in range(23)} | {f"layer4.{i}.conv2" for i in range(3)}
     assert body.layer3[0].conv2.groups == 32 and body.layer3[0].conv2.weight.shape == (1024, 32, 3, 3)
@@ -173,7 +179,7 @@ def test_dcn_resnext_has_dcn_in_c4_c5_only():
 
 def test_dcn_needs_bottleneck_blocks():
     with pytest.raises(UserError, match="model.backbone.dcn needs a Bottleneck ResNet"):
-        ResNetFPN(BackboneConfig(name="resnet18", dcn=True), 64)
+        ResNetFPN(BackboneConfig(name="resnet18", weights="", dcn=True), 64)
 
 
 @pytest.mark.parametrize("name", ["ResNeXt101_32X8D_Weights.IMAGENET1K_V1", "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"])

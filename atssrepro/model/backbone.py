@@ -21,6 +21,13 @@ from atssrepro.model.dcn import replace_with_dcn
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
+def weights_name(backbone: str, weights: str) -> str:
+    """Resolve ``imagenet`` to the backbone's classic torchvision weights, e.g. ``ResNet50_Weights.IMAGENET1K_V1``."""
+    if weights != "imagenet":
+        return weights
+    return f"{torchvision.models.get_model_weights(backbone).__name__}.IMAGENET1K_V1"
+
+
 def load_weights(resnet: nn.Module, weights: str) -> None:
     """Load pretrained ImageNet weights into a torchvision ``resnet`` (or ResNeXt) from a file or a
     torchvision weights name such as ``ResNeXt101_32X8D_Weights.IMAGENET1K_V1``."""
@@ -84,7 +91,7 @@ class ResNetFPN(nn.Module):
                 f"model.backbone.dcn needs a Bottleneck ResNet: resnet50, resnet101 or a ResNeXt, not {config.name}"
             )
         if config.weights:
-            load_weights(resnet, config.weights)
+            load_weights(resnet, weights_name(config.name, config.weights))
         if config.dcn:
             # The official dcnv2 models: DCN in c3-c5 of a ResNet, c4-c5 of a ResNeXt.
             resnext = config.name.startswith("resnext")
