@@ -191,7 +191,7 @@ class Config:
 
 
 # Presets change how much compute a run takes, never which experiment it is: `paper` is the
-# official recipe (the defaults); `smoke` trains and evaluates on 2 CPU cores in about a minute;
+# official recipe (the defaults); `smoke` trains and evaluates on 2 CPU cores in well under a minute;
 # `demo` trains the smoke model long enough to learn the embedded synthetic dataset (~3 minutes).
 _SMOKE: dict[str, Any] = {
     "model": {
@@ -199,13 +199,13 @@ _SMOKE: dict[str, Any] = {
         "fpn_channels": 64,
         "head": {"channels": 64, "convs": 2},
     },
-    "data": {"train_short_side": [256, 256], "test_short_side": 256, "max_size": 416, "num_workers": 2},
+    "data": {"train_short_side": [224, 224], "test_short_side": 224, "max_size": 384, "num_workers": 2},
     "train": {
-        "batch_size": 4,
-        "iterations": 40,
-        "lr_steps": [30],
-        "warmup_iters": 10,
-        "checkpoint_every": 20,
+        "batch_size": 2,
+        "iterations": 20,
+        "lr_steps": [15],
+        "warmup_iters": 5,
+        "checkpoint_every": 10,
         "log_every": 5,
     },
 }
@@ -217,6 +217,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {**_SMOKE["data"], "train_short_side": [192, 192], "test_short_side": 192, "max_size": 320},
         "train": {
             **_SMOKE["train"],
+            "batch_size": 4,
+            "warmup_iters": 10,
             "base_lr": 0.04,
             "iterations": 300,
             "lr_steps": [250],
@@ -415,8 +417,11 @@ def to_toml(config: Config) -> str:
 
 
 def config_id(config: Config) -> str:
-    """A short content hash: the same resolved config always gets the same id."""
-    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    """A short content hash of what a run trains: the same model, data and training settings
+    always get the same id. ``eval`` is left out: evaluating a run differently (another backend,
+    multi-scale testing) is not another run."""
+    trained = {k: v for k, v in to_dict(config).items() if k != "eval"}
+    canonical = json.dumps(trained, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

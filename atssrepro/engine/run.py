@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -36,21 +37,22 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     distributed.barrier()
     if run.metrics_path.exists():
         return read_metrics(run)
-    _record(run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device))
-    try:
-        model = train(config, run, device, console)
-        metrics = evaluate_model(model, config, device, console, run)
-    except Diverged as e:
-        _record(run, "diverged", message=str(e))
-        raise UserError(f"run {run.path} diverged: {e}") from None
-    except UserError as e:
-        _record(run, "failed", message=str(e))
-        raise
-    except BaseException as e:
-        # Ctrl-C and crashes leave the folder resumable; record why it stopped.
-        _record(run, "failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
-        raise
-    _record(run, "done", finished=time.time())
+    with run.lock() if distributed.is_main() else contextlib.nullcontext():
+        _record(run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device))
+        try:
+            model = train(config, run, device, console)
+            metrics = evaluate_model(model, config, device, console, run)
+        except Diverged as e:
+            _record(run, "diverged", message=str(e))
+            raise UserError(f"run {run.path} diverged: {e}") from None
+        except UserError as e:
+            _record(run, "failed", message=str(e))
+            raise
+        except BaseException as e:
+            # Ctrl-C and crashes leave the folder resumable; record why it stopped.
+            _record(run, "failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
+            raise
+        _record(run, "done", finished=time.time())
     return metrics
 
 

@@ -6,8 +6,11 @@ or the new one, and a folder that the next start resumes from.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +32,7 @@ class RunDir:
         self.checkpoint_path = self.path / "checkpoint.pt"
         self.detections_path = self.path / f"detections{suffix}.json"
         self.metrics_path = self.path / f"metrics{suffix}.json"
+        self.lock_path = self.path / ".lock"
 
     def init(self, config: cfg.Config, preset: str) -> None:
         """Create the folder for ``config``, or check that an existing one holds the same config."""
@@ -45,6 +49,32 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.config_path, cfg.to_toml(config))
         self.set_state("pending", id=cfg.config_id(config), preset=preset)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock: one process at a time trains or evaluates a run folder.
+
+        The lock is an ``flock`` on ``.lock``; the kernel drops it when its process dies, so a
+        killed run never leaves a stale lock behind.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.path} is being trained by another process; wait for it or stop it") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_locked(self) -> bool:
+        """Whether a live process holds the run's lock right now."""
+        try:
+            with self.lock():
+                return False
+        except UserError:
+            return True
 
     def read_config(self) -> cfg.Config:
         if not self.config_path.is_file():

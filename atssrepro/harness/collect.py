@@ -1,0 +1,64 @@
+"""Every run's metrics joined to the table specs, as one pandas DataFrame.
+
+>>> from atssrepro.harness.collect import collect
+>>> from atssrepro.harness.specs import load_table
+>>> frame = collect([load_table("table3")], preset="paper")
+>>> frame[frame.metric == "AP"][["row", "reproduced", "published"]]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from atssrepro.harness.plan import run_ids_by_row
+from atssrepro.harness.specs import TableSpec
+from atssrepro.harness.store import Store
+
+COLUMNS = ["table", "row", "label", "preset", "seed", "run_id", "state", "metric", "reproduced", "published"]
+
+
+def collect(
+    specs: Sequence[TableSpec],
+    preset: str = "paper",
+    seeds: int = 1,
+    store: Store | None = None,
+    data_root: str | None = None,
+) -> pd.DataFrame:
+    """One line per (table, row, seed, metric) with the reproduced and the published value.
+
+    Columns: ``table``, ``row`` (row id), ``label``, ``preset``, ``seed`` (-1 for reference-only
+    rows), ``run_id``, ``state`` (done, running, pending, failed, diverged, "not run", or
+    "reference"), ``metric``, ``reproduced`` and ``published`` (percent; NaN when absent).
+    A row's runs are found again by resolving it exactly as ``atssrepro run`` did, so pass the
+    same preset, seeds and data root.
+    """
+    store = store or Store()
+    ids = run_ids_by_row(specs, preset, seeds, data_root)
+    lines = []
+    for spec in specs:
+        for row in spec.rows:
+            if row.reference_only:
+                for metric in spec.metrics:
+                    published = row.published.get(metric, math.nan)
+                    lines.append(
+                        [spec.name, row.id, row.label, preset, -1, "", "reference", metric, math.nan, published]
+                    )
+                continue
+            for seed in range(seeds):
+                run_id = ids[(spec.name, row.id, seed)]
+                metrics = store.metrics(run_id, tta=row.tta)
+                stats = metrics["stats"] if metrics else {}
+                state = store.state(run_id)
+                if row.tta and state == "done" and metrics is None:
+                    state = "pending"  # trained, multi-scale evaluation still to do
+                for metric in spec.metrics:
+                    value = stats.get(metric)
+                    reproduced = 100 * value if value is not None and value >= 0 else math.nan
+                    published = row.published.get(metric, math.nan)
+                    lines.append(
+                        [spec.name, row.id, row.label, preset, seed, run_id, state, metric, reproduced, published]
+                    )
+    return pd.DataFrame(lines, columns=COLUMNS)

@@ -1,0 +1,180 @@
+"""The tables as specs: validation, planning, the run store, and running tables end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from atssrepro.errors import UserError
+from atssrepro.harness.plan import plan
+from atssrepro.harness.specs import available_tables, load_table, parse_table
+from cli import atssrepro
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "ATSS_TABLES.md"
+
+
+# --- specs -------------------------------------------------------------------------------------
+
+
+def test_all_eight_tables_load():
+    assert available_tables() == [f"table{i}" for i in range(1, 9)]
+    specs = [load_table(name) for name in available_tables()]
+    assert [len(s.rows) for s in specs] == [7, 4, 5, 9, 5, 5, 6, 44]
+    assert sum(r.reference_only for r in specs[7].rows) == 36
+
+
+GOOD = {
+    "title": "Table 9",
+    "caption": "A test table.",
+    "metrics": ["AP", "AP50"],
+    "rows": [{"id": "a", "label": "A", "config": {"model": {"assign": {"topk": 7}}}, "published": {"AP": 38.0}}],
+}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(titel="x"), "unknown field 'titel'; did you mean 'title'"),
+        (lambda d: d["rows"][0].update(publishd={}), "rows[0]: unknown field 'publishd'"),
+        (lambda d: d["rows"][0].update(config={"model": {"asign": {"topk": 7}}}), "row 'a': config: unknown config key"),
+        (lambda d: d["rows"][0].update(config={"train": {"amp": "fp8"}}), "train.amp = 'fp8' is not valid"),
+        (lambda d: d.update(metrics=["AP", "mAP"]), "'mAP' is not a COCO metric"),
+        (lambda d: d["rows"][0].update(published={"APl": 50.0}), "'APl' is not among the metrics this table reports"),
+        (lambda d: d["rows"].append(dict(d["rows"][0])), "row 'a': duplicate row id"),
+        (lambda d: d["rows"][0].update(id="Bad Id"), "id must be lowercase"),
+        (lambda d: d.pop("caption"), "missing 'caption'"),
+        (lambda d: d.update(layout="grid"), "grid"),
+    ],
+)
+def test_spec_errors_name_the_file_and_the_place(change, message):
+    data = json.loads(json.dumps(GOOD))
+    change(data)
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        parse_table(data, Path("tables/table9.toml"))
+    assert str(error.value).startswith("tables/table9.toml") and "\n" not in str(error.value)
+    parse_table(json.loads(json.dumps(GOOD)), Path("tables/table9.toml"))  # the unchanged spec is fine
+
+
+def test_published_numbers_match_the_paper_facts():
+    """Every number of Tables 3-7 equals the one in ATSS_TABLES.md (nothing invented or mistyped)."""
+    if not PAPER.is_file():
+        pytest.skip("the paper facts (../shared/paper) are not beside this checkout")
+    text = PAPER.read_text()
+    for number, metrics_from in ((3, 1), (5, 1), (6, 1), (7, 3)):
+        section = text[text.index(f"Table {number} —") :]
+        lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+        spec = load_table(f"table{number}")
+        for row, line in zip(spec.runnable_rows, lines):
+            values = [float(v) for v in line.strip("| ").split("|")[metrics_from:]]
+            assert [row.published[m] for m in spec.metrics] == values, row.id
+    k_line = next(line for line in text[text.index("Table 4 —") :].splitlines() if line.startswith("| AP"))
+    assert [r.published["AP"] for r in load_table("table4").rows] == [float(v) for v in k_line.split("|")[2:-1]]
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def test_paper_plan_trains_each_experiment_once():
+    specs = [load_table(name) for name in available_tables()]
+    runs = plan(specs, "paper")
+    assert len(runs) == 39  # Tables 1-7: 33 runs, Table 8: 6 (its multi-scale rows reuse the DCN runs)
+    by_row = {str(ref): run for run in runs for ref in run.rows}
+    shared = ["table3/retinanet_a1_atss", "table4/k9", "table5/scale8", "table6/ratio_1_1", "table7/atss_1x1"]
+    assert len({by_row[r].run_id for r in shared}) == 1
+    assert by_row["table8/x101_64x4d_dcn_ms"] is by_row["table8/x101_64x4d_dcn"] and by_row["table8/x101_64x4d_dcn"].tta
+    assert by_row["table4/k3"].diff == {"model.assign.topk": 3}
+    assert plan(specs, "paper", seeds=3)[0].seed == 0 and len(plan(specs, "paper", seeds=3)) == 3 * 39
+
+
+def test_dry_run_json_lists_runs_with_rows_diff_and_cost():
+    result = atssrepro("run", "table4", "table5", "--dry-run", "--json")
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(runs) == 13  # 9 values of k + 5 scales - the shared k=9 / scale 8 run
+    shared = next(r for r in runs if "table4/k9" in r["rows"])
+    assert shared["rows"] == ["table4/k9", "table5/scale8"] and shared["cost_images"] == 90_000 * 16
+
+
+# --- running tables ----------------------------------------------------------------------------
+
+
+def run_table(*args, results, data, check=True, **kwargs):
+    return atssrepro("run", *args, "--preset", "smoke", "--data", str(data), "--results", str(results), check=check)
+
+
+@pytest.mark.slow
+def test_smoke_tables_1_and_3_on_tiny_coco_and_their_report(tiny_coco, tmp_path):
+    results = tmp_path / "results"
+    run_table("table1", "table3", results=results, data=tiny_coco)
+    report = atssrepro(
+        "report", "table1", "table3", "--format", "markdown", "--preset", "smoke",
+        "--data", str(tiny_coco), "--results", str(results),
+    ).stdout  # fmt: skip
+    for name in ("table1", "table3"):
+        for row in load_table(name).rows:
+            for value in row.published.values():
+                assert f"{value:.1f}" in report
+    assert "not comparable" in report and "not run" not in report
+    # Nothing left to do: a second run trains nothing and says so.
+    again = run_table("table1", "table3", results=results, data=tiny_coco)
+    assert "10 of 10 runs finished" in again.stderr and "training" not in again.stderr
+
+
+@pytest.mark.slow
+def test_seeds_are_separate_runs_and_reported_as_mean_and_std(synth_coco, tmp_path):
+    results = tmp_path / "results"
+    run_table("table4", "--rows", "k3", "--seeds", "2", results=results, data=synth_coco)
+    assert len([p for p in results.iterdir() if p.is_dir()]) == 2
+    report = atssrepro(
+        "report", "table4", "--format", "json", "--preset", "smoke", "--seeds", "2",
+        "--data", str(synth_coco), "--results", str(results),
+    ).stdout  # fmt: skip
+    row = next(r for r in json.loads(report)["tables"][0]["rows"] if r["row"] == "k3")
+    assert row["metrics"]["AP"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_concurrent_runs_of_one_table_never_train_the_same_run_twice(synth_coco, tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "atssrepro", "run", "table4", "--rows", "k5", "--preset", "smoke"]
+    command += ["--data", str(synth_coco), "--results", str(results)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    second = subprocess.run(command, capture_output=True, text=True)
+    first_out = first.communicate()
+    outcomes = [second.stderr, first_out[1]]
+    # One of them trained it; the other found it busy (or already done, if it came late).
+    assert sum("busy" in out for out in outcomes) <= 1
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert json.loads((run / "run.json").read_text())["state"] == "done"
+    json.loads((run / "metrics.json").read_text())  # complete, valid JSON
+    assert not list(run.glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_killed_run_is_resumed_by_the_next_run(synth_coco, tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "atssrepro", "run", "table4", "--rows", "k7", "--preset", "smoke"]
+    command += ["--data", str(synth_coco), "--results", str(results)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(results.glob("*/checkpoint.pt")):
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the harness and its training process
+    process.wait()
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert not (run / "metrics.json").exists()
+
+    status = atssrepro("status", "table4", "--preset", "smoke", "--data", str(synth_coco), "--results", str(results))
+    assert run.name in status.stdout and "interrupted" in status.stdout
+    run_table("table4", "--rows", "k7", results=results, data=synth_coco)
+    assert "resuming" in (run / "train.log").read_text()
+    assert json.loads((run / "run.json").read_text())["state"] == "done"
