@@ -27,7 +27,8 @@ app.add_typer(analyze_app, name="analyze")
 
 # Human-readable progress goes to stderr, so that --json leaves stdout to the JSON alone.
 console = Console(stderr=True)
-stdout = Console()
+# Piped or redirected output is not bound to a terminal's width: keep table lines whole.
+stdout = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="A built-in config name or a TOML file.")
 PresetOption = typer.Option("paper", "--preset", "-p", help="paper (the official recipe) or smoke (CPU, ~1 min).")
@@ -191,6 +192,170 @@ def data_subset(
 
     ann = make_coco_subset(coco, split, images, out, seed=seed)
     console.print(f"wrote {images} images of {split} to {out} ({ann})")
+
+
+TablesArgument = typer.Argument(None, help="Table names (table1..table8); all tables when none are given.")
+ResultsOption = typer.Option(Path("results"), "--results", help="The results store: one folder per run.")
+
+
+def make_table(*columns: str, title: str | None = None) -> Table:
+    """A plain table whose cells wrap instead of being cut, whatever the terminal width."""
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def load_specs(tables: list[str] | None) -> list:
+    from atssrepro.harness.specs import available_tables, load_table
+
+    return [load_table(name) for name in (tables or available_tables())]
+
+
+@app.command()
+def run(
+    tables: list[str] = typer.Argument(..., help="Table names, e.g. table1 table3."),
+    preset: str = PresetOption,
+    rows: list[str] = typer.Option([], "--rows", help="Only these row ids (repeatable)."),
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
+    force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
+) -> None:
+    """Train and evaluate every run the tables need; runs shared by several rows train once.
+
+    Finished runs are skipped, interrupted ones resume. A failing run is recorded and the others
+    go on; the exit code is 1 when any run did not finish.
+    """
+    from atssrepro.harness.executors import LocalExecutor
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.store import Store
+
+    runs = plan(load_specs(tables), preset, rows, seeds, data)
+    if dry_run:
+        print_plan(runs, as_json)
+        return
+    outcomes = LocalExecutor(console).execute(runs, Store(results), force)
+    failed = [o for o in outcomes if o.state not in ("done", "skipped")]
+    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
+    if failed:
+        for outcome in failed:
+            console.print(f"  {outcome.run_id}: {outcome.state}: {outcome.message}", highlight=False)
+        raise typer.Exit(1)
+
+
+def print_plan(runs: list, as_json: bool) -> None:
+    if as_json:
+        for run in runs:
+            line = {
+                "run_id": run.run_id,
+                "rows": [str(r) for r in run.rows],
+                "preset": run.preset,
+                "seed": run.seed,
+                "tta": run.tta,
+                "config_diff": run.diff,
+                "cost_images": run.cost,
+            }
+            print(json.dumps(line))
+        return
+    table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
+    for run in runs:
+        diff = "\n".join(f"{k}={v}" for k, v in run.diff.items()) or "(base)"
+        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, f"{run.cost:,}")
+    stdout.print(table)
+    stdout.print(f"total: {sum(r.cost for r in runs):,} training images", highlight=False)
+
+
+@app.command("list")
+def list_tables(results: Path = ResultsOption, preset: str = PresetOption) -> None:
+    """The tables, their rows and how many of their runs are done."""
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.store import Store
+
+    store = Store(results)
+    table = make_table("table", "caption", "rows", "runs", f"done ({preset})")
+    for spec in load_specs(None):
+        runs = plan([spec], preset)
+        done = sum(store.state(r.run_id) == "done" for r in runs)
+        table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
+    stdout.print(table)
+
+
+@app.command()
+def show(table_name: str = typer.Argument(..., metavar="TABLE"), preset: str = PresetOption) -> None:
+    """A table's rows: their config fields, run ids and published numbers."""
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import flatten, resolve_row
+
+    (spec,) = load_specs([table_name])
+    stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
+    if spec.base:
+        stdout.print("base: " + ", ".join(f"{k}={v}" for k, v in flatten(spec.base).items()), highlight=False)
+    table = make_table("row", "label", "config", "run", *spec.metrics)
+    for row in spec.rows:
+        run_id = "" if row.reference_only else cfg.config_id(resolve_row(spec, row, preset, 0))
+        published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
+        config = "\n".join(f"{k}={v}" for k, v in flatten(row.config).items()) + ("\n+ tta" if row.tta else "")
+        config = "(reference)" if row.reference_only else config or "(base)"
+        table.add_row(row.id, row.label, config, run_id, *published)
+    stdout.print(table)
+
+
+@app.command()
+def status(
+    tables: list[str] | None = TablesArgument,
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+) -> None:
+    """Each run's state, progress and last loss."""
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.store import Store
+
+    store = Store(results)
+    table = make_table("run", "rows", "state", "iteration", "loss", "message")
+    for run in plan(load_specs(tables), preset, (), seeds, data):
+        info, log = store.info(run.run_id), store.last_log(run.run_id)
+        iteration = f"{log['iter']}/{run.config.train.iterations}" if log else "-"
+        loss = f"{log['loss']:.3f}" if log else "-"
+        rows = ", ".join(map(str, run.rows))
+        table.add_row(run.run_id, rows, store.state(run.run_id), iteration, loss, info.get("message", "")[:60])
+    stdout.print(table)
+
+
+@app.command()
+def report(
+    tables: list[str] | None = TablesArgument,
+    fmt: str = typer.Option("terminal", "--format", "-f", help="terminal, markdown, csv, latex, html or json."),
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the report to this file."),
+    plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots of Tables 4-6 to this folder."),
+) -> None:
+    """The reproduced numbers next to the published ones, laid out as the paper's tables."""
+    from atssrepro.fileio import write_text
+    from atssrepro.harness.collect import collect
+    from atssrepro.harness.report import plot_sweeps, render
+    from atssrepro.harness.store import Store
+
+    specs = load_specs(tables)
+    frame = collect(specs, preset, seeds, Store(results), data)
+    text = render(specs, frame, fmt)
+    if out is not None:
+        write_text(out, text)
+        console.print(f"wrote {out}")
+    elif fmt == "terminal":
+        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if plots is not None:
+        for path in plot_sweeps(specs, frame, plots):
+            console.print(f"wrote {path}")
 
 
 @analyze_app.command("assignment")

@@ -16,6 +16,7 @@ import pytest
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import plan
 from atssrepro.harness.specs import available_tables, load_table, parse_table
+
 from cli import atssrepro
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "ATSS_TABLES.md"
@@ -44,7 +45,10 @@ GOOD = {
     [
         (lambda d: d.update(titel="x"), "unknown field 'titel'; did you mean 'title'"),
         (lambda d: d["rows"][0].update(publishd={}), "rows[0]: unknown field 'publishd'"),
-        (lambda d: d["rows"][0].update(config={"model": {"asign": {"topk": 7}}}), "row 'a': config: unknown config key"),
+        (
+            lambda d: d["rows"][0].update(config={"model": {"asign": {"topk": 7}}}),
+            "row 'a': config: unknown config key",
+        ),
         (lambda d: d["rows"][0].update(config={"train": {"amp": "fp8"}}), "train.amp = 'fp8' is not valid"),
         (lambda d: d.update(metrics=["AP", "mAP"]), "'mAP' is not a COCO metric"),
         (lambda d: d["rows"][0].update(published={"APl": 50.0}), "'APl' is not among the metrics this table reports"),
@@ -136,7 +140,7 @@ def test_seeds_are_separate_runs_and_reported_as_mean_and_std(synth_coco, tmp_pa
         "report", "table4", "--format", "json", "--preset", "smoke", "--seeds", "2",
         "--data", str(synth_coco), "--results", str(results),
     ).stdout  # fmt: skip
-    row = next(r for r in json.loads(report)["tables"][0]["rows"] if r["row"] == "k3")
+    row = next(r for r in json.loads(report)["tables"][0]["rows"] if r["id"] == "k3")
     assert row["metrics"]["AP"]["n"] == 2
 
 
