@@ -44,6 +44,8 @@ def test_learns_a_few_images(synth_coco, tmp_path):
             "--set", "data.val_images=train2017",
             "--set", "data.train_short_side=[160, 160]",
             "--set", "data.test_short_side=160",
+            "--set", "train.batch_size=4",
+            "--set", "train.warmup_iters=10",
             "--set", "train.iterations=120",
             "--set", "train.lr_steps=[100]",
             "--set", "train.base_lr=0.04",

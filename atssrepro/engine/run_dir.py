@@ -54,19 +54,20 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold the run's lock: one process at a time trains or evaluates a run folder.
 
-        The lock is an ``flock`` on ``.lock``; the kernel drops it when its process dies, so a
-        killed run never leaves a stale lock behind.
+        The lock is a POSIX record lock (``lockf``) on ``.lock``: the kernel drops it when its
+        process dies, so a killed run never leaves a stale lock behind, and unlike ``flock`` it is
+        not inherited by forked DataLoader workers, which outlive a killed trainer by seconds.
         """
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
                 raise UserError(f"{self.path} is being trained by another process; wait for it or stop it") from None
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.lockf(handle, fcntl.LOCK_UN)
 
     def is_locked(self) -> bool:
         """Whether a live process holds the run's lock right now."""
