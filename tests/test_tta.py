@@ -105,8 +105,9 @@ class FixedBoxes(nn.Module):
 
 
 def smoke_config(*overrides: str) -> cfg.Config:
-    """The smoke preset (test size 256, max size 416) with batches of 2 images, so padded ones."""
-    return cfg.build_config(None, "smoke", ["data.num_workers=0", "eval.batch_size=2", *overrides])
+    """The smoke model at test size 256, max size 416, with batches of 2 images, so padded ones."""
+    sizes = ["data.test_short_side=256", "data.max_size=416"]
+    return cfg.build_config(None, "smoke", ["data.num_workers=0", "eval.batch_size=2", *sizes, *overrides])
 
 
 def val_split(root: Path, config: cfg.Config) -> CocoDetection:
