@@ -48,8 +48,12 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
         except UserError as e:
             _record(run, "failed", message=str(e))
             raise
+        except KeyboardInterrupt as e:
+            # Ctrl-C, or SIGTERM in training (which then checkpointed its last iteration): resumable.
+            _record(run, "failed", message=str(e) or "interrupted")
+            raise
         except BaseException as e:
-            # Ctrl-C and crashes leave the folder resumable; record why it stopped.
+            # Crashes leave the folder resumable too; record why it stopped.
             _record(run, "failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
             raise
         _record(run, "done", finished=time.time())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,36 @@ from atssrepro.model.detector import OneStageDetector
 
 class Diverged(Exception):
     """The loss became NaN or infinite; the run stops without evaluating."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a completed iteration, saved in the checkpoint."""
+
+
+class _StopSignals:
+    """While active, Ctrl-C (SIGINT) and SIGTERM only set ``requested``; the loop then finishes
+    its iteration, checkpoints it and raises :class:`Interrupted`.
+
+    Repeated signals (a terminal's Ctrl-C reaches torchrun and the harness too, and both pass it
+    on) change nothing; SIGKILL still stops at once. DataLoader workers forked while it is active
+    inherit the handler, so a terminal's Ctrl-C does not kill them under the loop.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _request(self, signum: int, frame) -> None:
+        self.requested = True
 
 
 def lr_factor(iteration: int, config: cfg.TrainConfig) -> float:
@@ -105,6 +136,13 @@ def _batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
         yield batch.to(device, non_blocking=True)
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process (in DDP a collective: every rank calls it)."""
+    if not distributed.is_initialized():
+        return flag
+    return distributed.all_reduce_mean(torch.tensor([float(flag)], device=device)).item() > 0
+
+
 def _progress(console: Console, total: int) -> Progress:
     return Progress(
         TextColumn("[bold]train"),
@@ -125,6 +163,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
 
     Raises:
         Diverged: the loss became NaN or infinite.
+        Interrupted: Ctrl-C or SIGTERM; the checkpoint holds the last completed iteration.
     """
     t = config.train
     world = distributed.world_size()
@@ -175,7 +214,8 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     model.train()
     window_start, window_iters = time.perf_counter(), 0
     loss_sums: dict[str, torch.Tensor] = {}
-    with _progress(console, t.iterations) as progress:
+    # The handlers go in before the loader forks its workers (on the first batch).
+    with _StopSignals() as stop, _progress(console, t.iterations) as progress:
         task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
         while state.iteration < t.iterations:
             batch = next(batches)
@@ -193,8 +233,10 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                 loss_sums[name] = loss_sums.get(name, 0) + value.detach()
 
             done = state.iteration == t.iterations
+            # Every rank stops after the same iteration, or DDP would wait forever for the others.
+            stopping = _any_rank(stop.requested, device)
             if state.iteration % t.log_every == 0 or state.iteration % t.checkpoint_every == 0 or done:
-                # The only host sync of the loop: mean losses of the window, over all ranks.
+                # Mean losses of the window, over all ranks: one host sync per window.
                 means = distributed.all_reduce_mean(torch.stack(list(loss_sums.values())))
                 means = (means / window_iters).tolist()
                 elapsed = time.perf_counter() - window_start
@@ -220,8 +262,10 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                     f"{record['img_per_s']:.1f} img/s",
                 )
                 window_start, window_iters, loss_sums = time.perf_counter(), 0, {}
-            if state.iteration % t.checkpoint_every == 0 or done:
+            if state.iteration % t.checkpoint_every == 0 or done or stopping:
                 if distributed.is_main():
                     checkpoint.save(run.checkpoint_path, state.state_dict(config, dataset))
                 distributed.barrier()
+            if stopping:
+                raise Interrupted(f"interrupted after iteration {state.iteration}; the next start resumes from there")
     return model

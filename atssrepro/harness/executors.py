@@ -1,18 +1,28 @@
-"""Where planned runs execute. Every executor takes the same list of runs and reports outcomes;
-this module has the local one, which trains runs one after the other in subprocesses.
+"""Where planned runs execute. Every executor takes the same list of runs and reports outcomes.
+
+Each run trains in its own ``atssrepro train`` process, output appended to ``<run>/train.log``.
+:class:`LocalExecutor` trains the runs one after the other; :class:`QueueExecutor` packs them
+onto device slots, one run per slot at a time. On Ctrl-C both pass the signal on to the training
+processes (which checkpoint their last iteration), wait for them and raise KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
 from rich.console import Console
 
+from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.store import Store
 
@@ -29,13 +39,24 @@ class Executor(Protocol):
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]: ...
 
 
-def train_command(run_dir: str) -> list[str]:
-    """Train (or resume) and evaluate the prepared run folder ``run_dir``."""
-    return [sys.executable, "-m", "atssrepro", "train", "--config", f"{run_dir}/config.toml", "--out", run_dir]
+PYTHON = (sys.executable,)
 
 
-def tta_command(run_dir: str) -> list[str]:
-    return [sys.executable, "-m", "atssrepro", "eval", run_dir, "--tta"]
+def torchrun(processes: int) -> list[str]:
+    """The launcher of a DDP run with ``processes`` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+
+
+def train_command(run_dir: str, launcher: Sequence[str] = PYTHON) -> list[str]:
+    """Train (or resume) and evaluate the prepared run folder ``run_dir``.
+
+    ``launcher`` starts the Python module: the interpreter, or :func:`torchrun` for DDP.
+    """
+    return [*launcher, "-m", "atssrepro", "train", "--config", f"{run_dir}/config.toml", "--out", run_dir]
+
+
+def tta_command(run_dir: str, launcher: Sequence[str] = PYTHON) -> list[str]:
+    return [*launcher, "-m", "atssrepro", "eval", run_dir, "--tta"]
 
 
 def prepare(run: PlannedRun, store: Store, force: bool) -> bool:
@@ -48,8 +69,139 @@ def prepare(run: PlannedRun, store: Store, force: bool) -> bool:
     return not (done and (not run.tta or store.run(run.run_id, tta=True).metrics_path.exists()))
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Devices that one run has to itself: GPU ids ("0", "1", ...) or CPU slots ("cpu0", "cpu1", ...)."""
+
+    devices: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return ",".join(self.devices)
+
+    def env(self) -> dict[str, str]:
+        """This process's environment with only the slot's GPUs visible (none for a CPU slot)."""
+        visible = "" if self.devices[0].startswith("cpu") else str(self)
+        return {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+
+    def launcher(self) -> list[str]:
+        """One process on one device; DDP with one process per device on several."""
+        return [sys.executable] if len(self.devices) == 1 else torchrun(len(self.devices))
+
+
+def make_slots(devices: Sequence[str], gpus_per_run: int) -> list[Slot]:
+    """Consecutive groups of ``gpus_per_run`` devices; devices left over stay idle."""
+    if gpus_per_run < 1:
+        raise UserError(f"--gpus-per-run {gpus_per_run}: needs at least 1")
+    if len(devices) < gpus_per_run:
+        raise UserError(f"--gpus-per-run {gpus_per_run} needs that many devices; got {', '.join(devices) or 'none'}")
+    if len(set(devices)) < len(devices):
+        raise UserError(f"--gpus {','.join(devices)}: a device is listed twice")
+    if len({d.startswith("cpu") for d in devices}) > 1:
+        raise UserError(f"--gpus {','.join(devices)}: GPU ids and CPU slots mixed")
+    count = len(devices) // gpus_per_run
+    return [Slot(tuple(devices[i * gpus_per_run : (i + 1) * gpus_per_run])) for i in range(count)]
+
+
+class Stopped(Exception):
+    """The executor is being interrupted: no new process starts."""
+
+
+class Children:
+    """The executor's running subprocesses, so that Ctrl-C reaches each of them. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def call(self, command: list[str], log: IO[str], env: dict[str, str] | None = None) -> int:
+        """Run ``command`` to its end with its output in ``log``; its exit code.
+
+        Raises:
+            Stopped: :meth:`interrupt` was called before it started.
+        """
+        with self._lock:
+            if self.stopping:
+                raise Stopped
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self._running.add(process)
+        # A KeyboardInterrupt here leaves the process in the set, for interrupt() to stop.
+        code = process.wait()
+        with self._lock:
+            self._running.discard(process)
+        return code
+
+    def interrupt(self) -> None:
+        """Pass Ctrl-C on to every running child and wait for them; start no new ones.
+
+        A training process saves its last iteration first (the terminal may have sent it the
+        same Ctrl-C already; a second one changes nothing).
+        """
+        with self._lock:
+            self.stopping = True
+            running = list(self._running)
+        for process in running:
+            process.send_signal(signal.SIGINT)
+        for process in running:
+            process.wait()
+
+
+def run_one(
+    run: PlannedRun,
+    position: str,
+    store: Store,
+    force: bool,
+    children: Children,
+    console: Console,
+    slot: Slot | None = None,
+) -> Outcome:
+    """Train ``run``, then evaluate it with TTA if a row needs that; report progress on ``console``.
+
+    ``slot``: the devices the run gets, noted as ``devices`` in its run.json; None leaves the
+    devices to this process's environment. ``position`` prefixes the lines, e.g. "[3/8]".
+    """
+    rows = ", ".join(map(str, run.rows))
+    if not prepare(run, store, force):
+        console.print(f"{position} {run.run_id} ({rows}): done already")
+        return Outcome(run.run_id, "skipped", "already done")
+    folder = store.run(run.run_id)
+    launcher, env = PYTHON, None
+    if slot is not None:
+        launcher, env = slot.launcher(), slot.env()
+        # Under the run's lock, so as not to write over a process training it (it then reports busy).
+        with contextlib.suppress(UserError), folder.lock():
+            folder.set_state(folder.info()["state"], devices=str(slot))
+    console.print(f"{position} {run.run_id} ({rows}): training" + (f" on {slot}" if slot else ""))
+    commands = [train_command(str(folder.path), launcher)]
+    if run.tta:
+        commands.append(tta_command(str(folder.path), launcher))
+    outcome = Outcome(run.run_id, "done")
+    with open(folder.path / "train.log", "a") as log:
+        for command in commands:
+            code = children.call(command, log, env)
+            if code != 0:
+                outcome = _failure(run, store, code)
+                break
+    console.print(f"{position} {run.run_id}: {outcome.state} {outcome.message}")
+    return outcome
+
+
+def _failure(run: PlannedRun, store: Store, code: int) -> Outcome:
+    folder = store.run(run.run_id)
+    lines = (folder.path / "train.log").read_text().strip().splitlines()
+    message = lines[-1] if lines else f"exit code {code}"
+    if "being trained by another process" in message:
+        return Outcome(run.run_id, "busy", message)
+    state = store.state(run.run_id)
+    if state not in ("failed", "diverged"):
+        # Killed without a word (out of memory, a signal): record it for `status`.
+        state = "failed"
+        folder.set_state("failed", message=message)
+    return Outcome(run.run_id, state, message)
+
+
 class LocalExecutor:
-    """Runs one after the other, each in its own ``atssrepro train`` process, output in train.log.
+    """Runs one after the other, with this process's devices.
 
     A failing run is recorded and the next one starts. A run whose folder another process is
     training is reported busy and left alone.
@@ -59,40 +211,62 @@ class LocalExecutor:
         self.console = console
 
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
-        outcomes = []
-        for index, run in enumerate(runs, 1):
-            rows = ", ".join(map(str, run.rows))
-            if not prepare(run, store, force):
-                outcomes.append(Outcome(run.run_id, "skipped", "already done"))
-                self.console.print(f"[{index}/{len(runs)}] {run.run_id} ({rows}): done already")
-                continue
-            self.console.print(f"[{index}/{len(runs)}] {run.run_id} ({rows}): training")
-            outcome = self._run(run, store)
-            self.console.print(f"[{index}/{len(runs)}] {run.run_id}: {outcome.state} {outcome.message}")
-            outcomes.append(outcome)
-        return outcomes
+        children = Children()
+        try:
+            return [
+                run_one(run, f"[{index}/{len(runs)}]", store, force, children, self.console)
+                for index, run in enumerate(runs, 1)
+            ]
+        except KeyboardInterrupt:
+            children.interrupt()
+            raise
 
-    def _run(self, run: PlannedRun, store: Store) -> Outcome:
-        folder = store.run(run.run_id)
-        commands = [train_command(str(folder.path))]
-        if run.tta:
-            commands.append(tta_command(str(folder.path)))
-        with open(folder.path / "train.log", "a") as log:
-            for command in commands:
-                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-                if code != 0:
-                    return self._failure(run, store, code)
-        return Outcome(run.run_id, "done")
 
-    def _failure(self, run: PlannedRun, store: Store, code: int) -> Outcome:
-        folder = store.run(run.run_id)
-        lines = (folder.path / "train.log").read_text().strip().splitlines()
-        message = lines[-1] if lines else f"exit code {code}"
-        if "being trained by another process" in message:
-            return Outcome(run.run_id, "busy", message)
-        state = store.state(run.run_id)
-        if state not in ("failed", "diverged"):
-            # Killed without a word (out of memory, a signal): record it for `status`.
-            state = "failed"
-            folder.set_state("failed", message=message)
-        return Outcome(run.run_id, state, message)
+class QueueExecutor:
+    """Packs pending runs onto device slots: each run gets ``gpus_per_run`` devices of its own.
+
+    The slots are consecutive groups of ``devices`` (GPU ids, or "cpu0", "cpu1", ... for CPU
+    slots without a GPU). A slot trains one run at a time with ``CUDA_VISIBLE_DEVICES`` set to its
+    GPUs, through torchrun (DDP) when it has several; when the run ends, done or failed, the slot
+    takes the next pending run in plan order. Outcomes come back in plan order.
+    """
+
+    def __init__(self, console: Console, devices: Sequence[str], gpus_per_run: int = 1) -> None:
+        self.console = console
+        self.slots = make_slots(devices, gpus_per_run)
+
+    def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
+        pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(runs)):
+            pending.put(index)
+        outcomes: dict[int, Outcome] = {}
+        children = Children()
+
+        def work(slot: Slot) -> None:
+            """Train pending runs on ``slot`` until none is left or Ctrl-C stops the queue."""
+            while not children.stopping:
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                run, position = runs[index], f"[{index + 1}/{len(runs)}]"
+                try:
+                    outcomes[index] = run_one(run, position, store, force, children, self.console, slot)
+                except Stopped:
+                    return
+                except Exception as e:  # a broken run folder fails its run, not the queue
+                    outcomes[index] = Outcome(run.run_id, "failed", f"{type(e).__name__}: {e}")
+
+        self.console.print(f"{len(self.slots)} slot(s): {' | '.join(map(str, self.slots))}")
+        threads = [threading.Thread(target=work, args=(slot,), name=f"slot {slot}") for slot in self.slots]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            children.interrupt()
+            for thread in threads:
+                thread.join()
+            raise
+        return [outcomes[index] for index in range(len(runs))]

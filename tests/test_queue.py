@@ -1,0 +1,189 @@
+"""The device queue: packing runs onto slots, failures, Ctrl-C; and Ctrl-C in a real training run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from atssrepro import config as cfg
+from atssrepro.engine import checkpoint
+from atssrepro.errors import UserError
+from atssrepro.harness import executors
+from atssrepro.harness.executors import LocalExecutor, QueueExecutor, Slot, make_slots
+from atssrepro.harness.plan import PlannedRun
+from atssrepro.harness.store import NOT_RUN, Store
+
+from cli import TINY, atssrepro
+
+# Stands in for `atssrepro train`: notes when it starts and ends, on which devices and through
+# which launcher; sleeps; fails when its run id says so; exits 130 on Ctrl-C.
+STUB = """
+import json, os, sys, time
+run_dir, events, seconds, launcher = sys.argv[1:]
+run_id = os.path.basename(run_dir)
+
+def note(event):
+    line = {"run": run_id, "event": event, "time": time.time(),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "launcher": launcher}
+    with open(events, "a") as f:
+        f.write(json.dumps(line) + "\\n")
+
+note("start")
+try:
+    time.sleep(float(seconds))
+except KeyboardInterrupt:
+    note("interrupted")
+    sys.exit(130)
+note("end")
+if "fail" in run_id:
+    print("failing on purpose")
+    sys.exit(1)
+"""
+
+
+class Stub:
+    """The executors' training command, replaced by :data:`STUB` sleeping ``seconds``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.script, self.path = folder / "stub.py", folder / "events.jsonl"
+        self.script.write_text(STUB)
+        self.seconds = 1.0
+
+    def command(self, run_dir: str, launcher: Sequence[str] = executors.PYTHON) -> list[str]:
+        return [sys.executable, str(self.script), run_dir, str(self.path), str(self.seconds), " ".join(launcher)]
+
+    def events(self) -> list[dict]:
+        """What the stubs noted so far: run, event (start, end or interrupted), time, visible, launcher."""
+        text = self.path.read_text() if self.path.exists() else ""
+        return [json.loads(line) for line in text.split("\n")[:-1]]  # whole lines only
+
+
+@pytest.fixture
+def stub(tmp_path, monkeypatch) -> Stub:
+    stub = Stub(tmp_path)
+    monkeypatch.setattr(executors, "train_command", stub.command)
+    return stub
+
+
+def planned(*run_ids: str) -> list[PlannedRun]:
+    return [PlannedRun(run_id, cfg.Config(), "smoke", 0) for run_id in run_ids]
+
+
+def intervals(recorded: list[dict]) -> dict[str, tuple[float, float]]:
+    starts = {e["run"]: e["time"] for e in recorded if e["event"] == "start"}
+    return {e["run"]: (starts[e["run"]], e["time"]) for e in recorded if e["event"] != "start"}
+
+
+def test_runs_are_packed_onto_slots_and_a_failure_does_not_stop_the_queue(stub, tmp_path):
+    store = Store(tmp_path / "results")
+    runs = planned("run0", "run1", "run2-fail", "run3", "run4")
+    output = io.StringIO()
+    outcomes = QueueExecutor(Console(file=output), ["cpu0", "cpu1"]).execute(runs, store)
+
+    assert [o.run_id for o in outcomes] == [r.run_id for r in runs]  # plan order
+    assert {o.run_id: o.state for o in outcomes} == {
+        "run0": "done", "run1": "done", "run2-fail": "failed", "run3": "done", "run4": "done"
+    }  # fmt: skip
+    assert outcomes[2].message == "failing on purpose"
+    assert store.info("run2-fail")["state"] == "failed"
+    assert "2 slot(s): cpu0 | cpu1" in output.getvalue()
+
+    recorded = stub.events()
+    assert sorted(e["run"] for e in recorded if e["event"] == "start") == sorted(r.run_id for r in runs)  # once each
+    assert all(e["visible"] == "" for e in recorded)  # CPU slots hide every GPU
+    spans = intervals(recorded)
+    devices = {run_id: store.info(run_id)["devices"] for run_id in spans}
+    assert set(devices.values()) == {"cpu0", "cpu1"}
+    # At most two at once, and two runs that overlap in time never share a slot.
+    most = max(sum(start <= t < end for start, end in spans.values()) for t, _ in spans.values())
+    assert most == 2
+    for a, (a_start, a_end) in spans.items():
+        for b, (b_start, b_end) in spans.items():
+            if a < b and a_start < b_end and b_start < a_end:
+                assert devices[a] != devices[b], (a, b)
+
+
+def test_slots_of_several_gpus_train_with_torchrun(stub, tmp_path):
+    executor = QueueExecutor(Console(file=io.StringIO()), ["0", "1", "2", "3", "4"], gpus_per_run=2)
+    assert [str(slot) for slot in executor.slots] == ["0,1", "2,3"]  # GPU 4 stays idle
+
+    outcomes = executor.execute(planned("a", "b"), Store(tmp_path / "results"))
+
+    assert [o.state for o in outcomes] == ["done", "done"]
+    started = [e for e in stub.events() if e["event"] == "start"]
+    assert sorted(e["visible"] for e in started) == ["0,1", "2,3"]
+    assert all("-m torch.distributed.run --standalone --nproc_per_node 2" in e["launcher"] for e in started)
+
+
+def test_slots():
+    assert make_slots(["cpu"], 1) == [Slot(("cpu",))]
+    assert Slot(("cpu",)).env()["CUDA_VISIBLE_DEVICES"] == ""
+    assert Slot(("2", "3")).env()["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert Slot(("2",)).launcher() == [sys.executable]
+    for devices, gpus_per_run in [(["0"], 2), (["0", "0"], 1), (["0", "cpu1"], 1), (["0"], 0)]:
+        with pytest.raises(UserError):
+            make_slots(devices, gpus_per_run)
+
+
+@pytest.mark.parametrize("slots", [0, 2], ids=["local", "queue"])
+def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, slots):
+    stub.seconds = 60
+    store = Store(tmp_path / "results")
+    runs = planned("run0", "run1", "run2", "run3")
+    console = Console(file=io.StringIO())
+    executor = QueueExecutor(console, [f"cpu{i}" for i in range(slots)]) if slots else LocalExecutor(console)
+    running = max(slots, 1)
+
+    def ctrl_c_once_they_run() -> None:
+        deadline = time.time() + 60
+        while len(stub.events()) < running and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_they_run, daemon=True).start()
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        executor.execute(runs, store)
+    assert time.time() - started < 30  # the stubs stopped instead of sleeping their 60 s
+
+    events = sorted((e["run"], e["event"]) for e in stub.events())
+    assert events == sorted((r.run_id, e) for r in runs[:running] for e in ("start", "interrupted"))
+    states = [store.state(r.run_id) for r in runs]
+    assert "done" not in states and states[running:] == [NOT_RUN] * (len(runs) - running)
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_the_last_iteration_and_the_run_resumes(synth_coco, tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "--data", str(synth_coco), "--out", str(run)]
+    args += ["--set", "train.iterations=6", "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "atssrepro", "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    log = run / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text()):
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first iteration"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) != 0
+
+    stopped_at = checkpoint.load(run / "checkpoint.pt")["iteration"]  # none before: checkpoint_every=1000
+    assert 0 < stopped_at < 6 and not (run / "metrics.json").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert info["state"] == "failed" and "interrupted" in info["message"]
+
+    resumed = atssrepro("train", *args)
+    assert f"resuming {run} from iteration {stopped_at}" in " ".join(resumed.stderr.split())
+    assert json.loads((run / "run.json").read_text())["state"] == "done"
