@@ -104,19 +104,9 @@ def eval_(
         raise UserError("give a run folder or a checkpoint file, or --detections FILE --ann FILE")
 
     from atssrepro import distributed
-    from atssrepro.engine.run import evaluate_model, model_from_checkpoint
-    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.engine.run import evaluate_run
 
-    run = RunDir(target, tta=tta) if target.is_dir() else None
-    device = distributed.init_from_env()
-    model, config = model_from_checkpoint(run.checkpoint_path if run else target, device)
-    if data is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
-    config = dataclasses.replace(
-        config, eval=dataclasses.replace(config.eval, backend=backend or config.eval.backend, tta=tta)
-    )
-    # A run folder evaluated on its own data keeps the new metrics; other data only prints them.
-    metrics = evaluate_model(model, config, device, console, run if data is None else None)
+    metrics = evaluate_run(target, console, data, backend, tta)
     distributed.destroy()
     if metrics:
         print_metrics(metrics, as_json)

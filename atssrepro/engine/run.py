@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import traceback
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -96,6 +98,29 @@ def detect(
     if config.eval.tta:
         return predict_tta(model, dataset, config, TTAConfig(), device, console)
     return predict(model, dataset, config, device, console)
+
+
+def evaluate_run(
+    target: Path,
+    console: Console,
+    data: str | None = None,
+    backend: str | None = None,
+    tta: bool = False,
+) -> dict:
+    """Evaluate a run folder or a checkpoint file (``atssrepro eval``).
+
+    A run folder evaluated on its own data keeps the detections and metrics (``*_tta.json`` with
+    ``tta``); on other data, or for a lone checkpoint, they are only returned. Returns ``{}`` on
+    the non-main processes of a DDP evaluation.
+    """
+    run = RunDir(target, tta=tta) if target.is_dir() else None
+    device = distributed.init_from_env()
+    model, config = model_from_checkpoint(run.checkpoint_path if run else target, device)
+    if data is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
+    evaluation = dataclasses.replace(config.eval, backend=backend or config.eval.backend, tta=tta)
+    config = dataclasses.replace(config, eval=evaluation)
+    return evaluate_model(model, config, device, console, run if data is None else None)
 
 
 def model_from_checkpoint(path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:

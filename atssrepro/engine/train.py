@@ -40,7 +40,9 @@ class _StopSignals:
 
     Repeated signals (a terminal's Ctrl-C reaches torchrun and the harness too, and both pass it
     on) change nothing; SIGKILL still stops at once. DataLoader workers forked while it is active
-    inherit the handler, so a terminal's Ctrl-C does not kill them under the loop.
+    inherit the SIGINT handler, so a terminal's Ctrl-C does not kill them under the loop; a SIGTERM
+    sent to every process of a job (Slurm does) still ends them, and the run resumes from its last
+    periodic checkpoint instead.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -233,9 +235,14 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                 loss_sums[name] = loss_sums.get(name, 0) + value.detach()
 
             done = state.iteration == t.iterations
-            # Every rank stops after the same iteration, or DDP would wait forever for the others.
-            stopping = _any_rank(stop.requested, device)
-            if state.iteration % t.log_every == 0 or state.iteration % t.checkpoint_every == 0 or done:
+            window_end = state.iteration % t.log_every == 0 or state.iteration % t.checkpoint_every == 0 or done
+            # Every DDP rank must stop after the same iteration, or it would wait forever for the
+            # others; they agree at window ends, where they sync anyway, so no step pays for it.
+            if distributed.is_initialized():
+                stopping = window_end and _any_rank(stop.requested, device)
+            else:
+                stopping = stop.requested
+            if window_end:
                 # Mean losses of the window, over all ranks: one host sync per window.
                 means = distributed.all_reduce_mean(torch.stack(list(loss_sums.values())))
                 means = (means / window_iters).tolist()

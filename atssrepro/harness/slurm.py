@@ -14,7 +14,6 @@ The rest of the cluster side: :func:`load_profile` (sbatch settings from ``slurm
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -34,7 +33,7 @@ from rich.console import Console
 import atssrepro
 from atssrepro import config as cfg
 from atssrepro import distributed
-from atssrepro.engine.run import evaluate_model, execute, model_from_checkpoint
+from atssrepro.engine.run import evaluate_run, execute
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
 from atssrepro.harness.executors import Outcome, prepare
@@ -142,13 +141,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def _evaluate_tta(self, run: RunDir, console: Console) -> None:
         """Multi-scale testing of the trained run, as ``atssrepro eval RUN --tta``."""
-        tta_run = RunDir(run.path, tta=True)
-        if tta_run.metrics_path.exists():
-            return
-        device = distributed.init_from_env()
-        model, config = model_from_checkpoint(run.checkpoint_path, device)
-        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, tta=True))
-        evaluate_model(model, config, device, console, tta_run)
+        if not RunDir(run.path, tta=True).metrics_path.exists():
+            evaluate_run(run.path, console, tta=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 before it requeues the job. The run folder holds the latest
