@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
+from collections import Counter
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -202,6 +205,11 @@ def load_specs(tables: list[str] | None) -> list:
     return [load_table(name) for name in (tables or available_tables())]
 
 
+class ExecutorName(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
 @app.command()
 def run(
     tables: list[str] = typer.Argument(..., help="Table names, e.g. table1 table3."),
@@ -213,13 +221,25 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
     force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
+    executor: ExecutorName = typer.Option(
+        ExecutorName.local, "--executor", "-e", help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster."
+    ),
+    gpus: str | None = typer.Option(
+        None, help="local: the GPUs to use, e.g. 0,1,2,3 (default: every visible GPU, else the CPU)."
+    ),
+    gpus_per_run: int = typer.Option(1, help="local: GPUs per run; with more than one a run trains with DDP."),
+    profile: str | None = typer.Option(
+        None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="slurm: stay until every job has ended, then summarize."),
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
 
-    Finished runs are skipped, interrupted ones resume. A failing run is recorded and the others
-    go on; the exit code is 1 when any run did not finish.
+    Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
+    GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
+    runs go to the cluster as one job array and the command returns (unless --wait). A failing
+    run is recorded and the others go on; the exit code is 1 when any run did not finish.
     """
-    from atssrepro.harness.executors import LocalExecutor
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store
 
@@ -227,7 +247,37 @@ def run(
     if dry_run:
         print_plan(runs, as_json)
         return
-    outcomes = LocalExecutor(console).execute(runs, Store(results), force)
+    store = Store(results)
+    if executor is ExecutorName.local:
+        from atssrepro.harness.executors import QueueExecutor, local_devices
+
+        if profile is not None or wait:
+            raise UserError("--profile and --wait are options of --executor slurm")
+        queue = QueueExecutor(console, local_devices(gpus), gpus_per_run)
+        try:
+            outcomes = queue.execute(runs, store, force)
+        except KeyboardInterrupt:
+            console.print("interrupted: the runs that were training saved their last iteration; run again to resume")
+            raise typer.Exit(130) from None
+    else:
+        from atssrepro.harness.slurm import SlurmExecutor, load_profile
+
+        if gpus is not None or gpus_per_run != 1:
+            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
+        if profile is None:
+            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
+        slurm = SlurmExecutor(console, load_profile(profile))
+        outcomes = slurm.execute(runs, store, force)
+        if not wait:
+            counts = Counter(o.state for o in outcomes)
+            console.print(", ".join(f"{n} {state}" for state, n in counts.items()), highlight=False)
+            console.print("follow them with `atssrepro status`, collect them with `atssrepro report`")
+            return
+        try:
+            outcomes = slurm.wait(outcomes, store)
+        except KeyboardInterrupt:
+            console.print("stopped waiting; the jobs go on (`atssrepro status`, `atssrepro cancel`)")
+            raise typer.Exit(130) from None
     failed = [o for o in outcomes if o.state not in ("done", "skipped")]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
     if failed:
@@ -300,20 +350,69 @@ def status(
     seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
     data: str | None = DataOption,
     results: Path = ResultsOption,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
-    """Each run's state, progress and last loss."""
+    """Each run's state, progress and last loss; for runs on Slurm, also their job, its state and node.
+
+    States: not run, pending, running, done, failed, diverged, interrupted (resumes on the next
+    run); on Slurm also requeued (after a preemption or a time limit) and cancelled.
+    """
     from atssrepro.harness.plan import plan
+    from atssrepro.harness.status import run_statuses
+    from atssrepro.harness.store import Store
+
+    statuses = run_statuses(plan(load_specs(tables), preset, (), seeds, data), Store(results))
+    if as_json:
+        for status in statuses:
+            print(json.dumps(dataclasses.asdict(status)))
+        return
+    on_slurm = any(s.slurm_job_id for s in statuses)
+    slurm_columns = ("Slurm job", "node", "requeues") if on_slurm else ()
+    table = make_table("run", "rows", "state", "iteration", "loss", *slurm_columns, "message")
+    for s in statuses:
+        iteration = f"{s.iteration}/{s.iterations}" if s.iteration is not None else "-"
+        loss = f"{s.loss:.3f}" if s.loss is not None else "-"
+        job = f"{s.slurm_job_id} {s.slurm_state.lower()}".strip()
+        slurm_cells = (job, s.node, str(s.requeues) if s.slurm_job_id else "") if on_slurm else ()
+        table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message[:60])
+    stdout.print(table)
+
+
+@app.command()
+def cancel(
+    targets: list[str] = typer.Argument(..., metavar="TABLE|RUN...", help="Table names or run ids."),
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+) -> None:
+    """Cancel the Slurm jobs of every run of the tables, or of the runs given by id.
+
+    The runs keep their checkpoints: `atssrepro run` submits them again and they resume.
+    """
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.slurm import ENDED, cancel_jobs, slurm_states
+    from atssrepro.harness.specs import available_tables, load_table
     from atssrepro.harness.store import Store
 
     store = Store(results)
-    table = make_table("run", "rows", "state", "iteration", "loss", "message")
-    for run in plan(load_specs(tables), preset, (), seeds, data):
-        info, log = store.info(run.run_id), store.last_log(run.run_id)
-        iteration = f"{log['iter']}/{run.config.train.iterations}" if log else "-"
-        loss = f"{log['loss']:.3f}" if log else "-"
-        rows = ", ".join(map(str, run.rows))
-        table.add_row(run.run_id, rows, store.state(run.run_id), iteration, loss, info.get("message", "")[:60])
-    stdout.print(table)
+    run_ids: list[str] = []
+    for target in targets:
+        if target in available_tables():
+            run_ids += [run.run_id for run in plan([load_table(target)], preset, (), seeds, data)]
+        elif re.fullmatch(r"[0-9a-f]{12}", target) and store.run(target).state_path.is_file():
+            run_ids.append(target)
+        else:
+            raise UserError(
+                f"{target!r} is neither a table ({', '.join(available_tables())}) nor the id of a run in {results}/"
+            )
+    jobs = {run_id: store.info(run_id).get("slurm_job_id") for run_id in dict.fromkeys(run_ids)}
+    live = {job: state for job, (state, _) in slurm_states(filter(None, jobs.values())).items() if state not in ENDED}
+    cancel_jobs(live)
+    for run_id, job in jobs.items():
+        verdict = f"cancelled job {job} ({live[job].lower()})" if job in live else "no job in the queue"
+        console.print(f"{run_id}: {verdict}", highlight=False)
+    console.print(f"cancelled {len(live)} job(s)")
 
 
 @app.command()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from atssrepro.data.batch import Batch, collate
+from atssrepro.data.batch import Batch, batch_loader, collate, leave_stopping_to_the_main_process
 from atssrepro.data.coco import CocoDetection, Sample, SampleSpec, resized_size
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.errors import UserError
@@ -226,6 +228,34 @@ def test_data_loader_with_workers_matches_direct_loading(tiny_coco: Path) -> Non
         assert torch.equal(batch.images, expected.images)
         assert torch.equal(batch.boxes, expected.boxes)
         assert torch.equal(batch.image_ids, expected.image_ids)
+
+
+class SignalsItself(torch.utils.data.Dataset):
+    """Each item sends Ctrl-C and SIGTERM to the worker loading it, as Slurm and terminals do."""
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.signals = signals
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        for signum in self.signals:
+            os.kill(os.getpid(), signum)
+        return index
+
+
+def test_data_loader_workers_outlive_the_stop_signals_of_the_whole_job(synth_coco: Path) -> None:
+    dataset = SignalsItself((signal.SIGINT, signal.SIGTERM))
+    loader = torch.utils.data.DataLoader(dataset, num_workers=2, worker_init_fn=leave_stopping_to_the_main_process)
+    assert [int(i) for i in loader] == [0, 1, 2, 3]
+    # Without it, a signalled worker dies and the main process fails in the middle of its iteration.
+    with pytest.raises(RuntimeError, match="DataLoader worker .* (exited unexpectedly|killed by signal)"):
+        list(torch.utils.data.DataLoader(SignalsItself((signal.SIGTERM,)), num_workers=2))
+
+    coco = CocoDetection(synth_coco / "annotations" / "instances_val2017.json", synth_coco / "val2017", train=False)
+    loader = batch_loader(coco, [[SampleSpec(0, 128, False)]], 1, 32, torch.device("cpu"))
+    assert loader.worker_init_fn is leave_stopping_to_the_main_process
 
 
 # Images-only files (COCO's image_info_test-dev2017.json): no "annotations" key

@@ -20,7 +20,7 @@ from atssrepro import config as cfg
 from atssrepro.engine import checkpoint
 from atssrepro.errors import UserError
 from atssrepro.harness import executors
-from atssrepro.harness.executors import LocalExecutor, QueueExecutor, Slot, make_slots
+from atssrepro.harness.executors import QueueExecutor, Slot, local_devices, make_slots
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.store import NOT_RUN, Store
 
@@ -60,7 +60,7 @@ class Stub:
         self.script.write_text(STUB)
         self.seconds = 1.0
 
-    def command(self, run_dir: str, launcher: Sequence[str] = executors.PYTHON) -> list[str]:
+    def command(self, run_dir: str, launcher: Sequence[str]) -> list[str]:
         return [sys.executable, str(self.script), run_dir, str(self.path), str(self.seconds), " ".join(launcher)]
 
     def events(self) -> list[dict]:
@@ -126,6 +126,28 @@ def test_slots_of_several_gpus_train_with_torchrun(stub, tmp_path):
     assert all("-m torch.distributed.run --standalone --nproc_per_node 2" in e["launcher"] for e in started)
 
 
+def test_runs_whose_batch_the_slot_cannot_split_are_refused_before_any_starts(stub, tmp_path):
+    executor = QueueExecutor(Console(file=io.StringIO()), ["0", "1", "2"], gpus_per_run=3)
+    with pytest.raises(UserError, match=r"train.batch_size = 16 cannot be split over 3 processes \(--gpus-per-run\)"):
+        executor.execute(planned("a"), Store(tmp_path / "results"))
+    assert stub.events() == []
+
+
+def test_local_devices(monkeypatch):
+    assert local_devices("0,1, 3") == ["0", "1", "3"]
+    assert local_devices("cpu0,cpu1") == ["cpu0", "cpu1"]
+    for bad in ("", "0,,1", "gpu0", "0;rm -rf"):
+        with pytest.raises(UserError, match="expected GPU ids separated by commas"):
+            local_devices(bad)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert local_devices(None) == ["cpu"]  # without a GPU: one run at a time on the CPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    assert local_devices(None) == ["5", "7"]  # the physical ids this process was given
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert local_devices(None) == ["0", "1"]
+
+
 def test_slots():
     assert make_slots(["cpu"], 1) == [Slot(("cpu",))]
     assert Slot(("cpu",)).env()["CUDA_VISIBLE_DEVICES"] == ""
@@ -136,14 +158,12 @@ def test_slots():
             make_slots(devices, gpus_per_run)
 
 
-@pytest.mark.parametrize("slots", [0, 2], ids=["local", "queue"])
-def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, slots):
+@pytest.mark.parametrize("running", [1, 2])
+def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, running):
     stub.seconds = 60
     store = Store(tmp_path / "results")
     runs = planned("run0", "run1", "run2", "run3")
-    console = Console(file=io.StringIO())
-    executor = QueueExecutor(console, [f"cpu{i}" for i in range(slots)]) if slots else LocalExecutor(console)
-    running = max(slots, 1)
+    executor = QueueExecutor(Console(file=io.StringIO()), [f"cpu{i}" for i in range(running)])
 
     def ctrl_c_once_they_run() -> None:
         deadline = time.time() + 60
@@ -182,8 +202,9 @@ def test_ctrl_c_checkpoints_the_last_iteration_and_the_run_resumes(synth_coco, t
     stopped_at = checkpoint.load(run / "checkpoint.pt")["iteration"]  # none before: checkpoint_every=1000
     assert 0 < stopped_at < 6 and not (run / "metrics.json").exists()
     info = json.loads((run / "run.json").read_text())
-    assert info["state"] == "failed" and "interrupted" in info["message"]
+    assert info["state"] == "interrupted" and info["message"].startswith(f"interrupted after iteration {stopped_at}")
 
     resumed = atssrepro("train", *args)
     assert f"resuming {run} from iteration {stopped_at}" in " ".join(resumed.stderr.split())
-    assert json.loads((run / "run.json").read_text())["state"] == "done"
+    info = json.loads((run / "run.json").read_text())
+    assert info["state"] == "done" and "message" not in info  # the reason of the stop went with it

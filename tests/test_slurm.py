@@ -1,11 +1,13 @@
 """Slurm: profiles, and runs submitted to a real cluster (slurm/start_local_cluster.sh).
 
 The cluster tests train on the synthetic dataset in jobs of the local one-node cluster and are
-skipped where no cluster with a ``debug`` partition answers.
+skipped where no cluster with a ``debug`` partition answers (CI starts one: see ``.ci/run``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,16 +16,24 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from submitit.slurm.slurm import SlurmJob
 
 from atssrepro import config as cfg
 from atssrepro.engine.run import execute
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
-from atssrepro.harness.plan import PlannedRun, plan, resolve_row
-from atssrepro.harness.slurm import PROFILE_DIR, SlurmExecutor, load_profile, rendezvous_port, slurm_states
+from atssrepro.harness.plan import PlannedRun, resolve_row
+from atssrepro.harness.slurm import (
+    PROFILE_DIR,
+    SlurmExecutor,
+    load_profile,
+    merged_state,
+    rendezvous_port,
+    slurm_states,
+)
 from atssrepro.harness.specs import load_table
 from atssrepro.harness.store import Store
+
+from cli import atssrepro
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +71,34 @@ def test_profile_fields_and_unknown_names():
         load_profile("no_such_cluster")
 
 
+def test_runs_whose_batch_the_profile_cannot_split_are_refused_before_submitting(tmp_path):
+    profile = load_profile(str(PROFILE_DIR / "example_cluster.toml"))  # 8 GPUs per node
+    run = PlannedRun("a", cfg.apply(cfg.Config(), {"train": {"batch_size": 4}}, "test"), "paper", 0)
+    with pytest.raises(UserError, match=r"cannot be split over 8 processes \(nodes x gpus_per_node\)"):
+        SlurmExecutor(Console(stderr=True), profile).execute([run], Store(tmp_path / "results"))
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "run_state, slurm_state, requeues, shown",
+    [
+        ("pending", "PENDING", 0, "pending"),
+        ("interrupted", "PENDING", 1, "requeued"),  # preempted, waiting to start again
+        ("running", "REQUEUE_HOLD", 0, "requeued"),
+        ("pending", "RUNNING", 0, "running"),  # the job started; the run not yet
+        ("pending", "CANCELLED", 0, "cancelled"),
+        ("interrupted", "CANCELLED", 0, "cancelled"),
+        ("interrupted", "OUT_OF_MEMORY", 0, "failed"),  # killed without a word
+        ("failed", "FAILED", 0, "failed"),
+        ("done", "COMPLETED", 0, "done"),
+        ("done", "RUNNING", 0, "done"),  # evaluating with --tta after training
+        ("running", None, 0, "running"),  # Slurm forgot the job: the folder knows best
+    ],
+)
+def test_status_merges_the_run_folder_with_slurm(run_state, slurm_state, requeues, shown):
+    assert merged_state(run_state, slurm_state, requeues) == shown
+
+
 def test_each_start_of_a_job_gets_its_own_rendezvous_port():
     ports = {rendezvous_port("123_4", restarts) for restarts in range(5)}
     assert len(ports) == 5 and all(20000 <= port < 60000 for port in ports)
@@ -88,7 +126,10 @@ def _why_no_cluster() -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
+    """Skips the test without a cluster; fails it instead where ATSSREPRO_REQUIRE_SLURM is set (CI)."""
     reason = _why_no_cluster()
+    if reason and os.environ.get("ATSSREPRO_REQUIRE_SLURM"):
+        pytest.fail(f"ATSSREPRO_REQUIRE_SLURM is set, but {reason}")
     if reason:
         pytest.skip(reason)
 
@@ -104,31 +145,58 @@ def wait_for(condition, what: str, timeout_s: float = 180.0) -> None:
         time.sleep(0.2)
 
 
+def statuses(*args: str, **kwargs) -> dict[str, dict]:
+    """``atssrepro status --json``, by row id."""
+    result = atssrepro("status", *args, "--json", **kwargs)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    return {row.split("/")[1]: line for line in lines for row in line["rows"]}
+
+
 @pytest.mark.slow
-def test_a_table_row_trains_on_slurm_from_a_snapshot_of_the_code(cluster, synth_coco, tmp_path, monkeypatch):
+def test_a_smoke_table_on_slurm_from_submission_to_report(cluster, synth_coco, tmp_path):
+    # A checkout of our own, to edit after submitting from it.
     checkout = tmp_path / "checkout"
-    for name in ("atssrepro", "tables"):
+    for name in ("atssrepro", "tables", "slurm"):
         shutil.copytree(REPO / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.chdir(synth_coco.parent)  # a relative data root resolves where the runs were submitted
-    runs = plan([load_table("table4")], "smoke", rows=["k3"], data_root=synth_coco.name)
-    store = Store(tmp_path / "results")
-    slurm = executor(code_root=checkout)
+    from_checkout = {**os.environ, "PYTHONPATH": str(checkout)}
+    where = ["--preset", "smoke", "--data", str(synth_coco), "--results", str(tmp_path / "results")]
+    rows = ["--rows", "k3", "--rows", "k5"]
+    slurm = ["--executor", "slurm", "--profile", "local"]
 
-    (outcome,) = slurm.execute(runs, store)
-    assert outcome.state == "submitted"
-    # Editing the checkout after the submission changes nothing in the job.
+    submitted = atssrepro("run", "table4", *rows, *where, *slurm, env=from_checkout)
+    assert "2 submitted" in submitted.stderr
+    # Editing the checkout now changes nothing in the jobs: they run a snapshot of it.
     (checkout / "atssrepro" / "engine" / "run.py").write_text("raise RuntimeError('edited after submission')\n")
-    job_id = store.info(runs[0].run_id)["slurm_job_id"]
-    assert outcome.message == f"job {job_id}" and job_id in slurm_states([job_id])
-    assert slurm.execute(runs, store)[0].state == "busy"  # queued already: not submitted twice
 
-    (final,) = slurm.wait([outcome], store, poll_s=1)
-    assert final.state == "done", final.message
-    info = store.info(runs[0].run_id)
-    assert info["state"] == "done" and info["slurm_job_id"] == job_id and info["requeues"] == 0
-    assert Path(info["code"]) == Path(info["snapshot"]) and Path(info["snapshot"]).parent == store.root / ".snapshots"
-    assert store.metrics(runs[0].run_id)["num_images"] == 4
-    assert slurm.execute(runs, store)[0].state == "skipped"
+    # The local profile trains one run at a time: k5 waits in the queue behind k3; cancel it.
+    queued = statuses("table4", *where)
+    k3, k5 = queued["k3"], queued["k5"]
+    assert k3["slurm_job_id"] and k3["state"] in ("pending", "running") and k5["state"] == "pending"
+    cancelled = atssrepro("cancel", k5["run_id"], *where[2:])
+    assert f"cancelled job {k5['slurm_job_id']}" in cancelled.stderr
+    assert statuses("table4", *where)["k5"]["state"] == "cancelled"
+
+    # Submitting again leaves k3 in the queue, submits k5 anew, and waits for both.
+    waited = atssrepro("run", "table4", *rows, *where, *slurm, "--wait")
+    assert "queued, job" in waited.stderr and "submitted, job" in waited.stderr
+    assert "2 of 2 runs finished" in waited.stderr
+
+    done = statuses("table4", *where)
+    for row in ("k3", "k5"):
+        assert done[row]["state"] == "done" and done[row]["slurm_state"] == "COMPLETED", done[row]
+        assert done[row]["node"] and done[row]["requeues"] == 0 and done[row]["iteration"] == 20
+    info = json.loads((tmp_path / "results" / k3["run_id"] / "run.json").read_text())
+    snapshot = Path(info["snapshot"])
+    assert Path(info["code"]) == snapshot and snapshot.parent == tmp_path / "results" / ".snapshots"
+    assert "edited" not in (snapshot / "atssrepro" / "engine" / "run.py").read_text()
+    assert done["k5"]["slurm_job_id"] != k5["slurm_job_id"]
+
+    report = json.loads(atssrepro("report", "table4", "--format", "json", *where).stdout)
+    reported = {row["id"]: row for row in report["tables"][0]["rows"]}
+    for row in ("k3", "k5"):
+        metrics = json.loads((tmp_path / "results" / done[row]["run_id"] / "metrics.json").read_text())
+        assert reported[row]["metrics"]["AP"]["mean"] == pytest.approx(100 * metrics["stats"]["AP"], abs=1e-3)
+    assert "no job in the queue" in atssrepro("cancel", "table4", *where).stderr
 
 
 @pytest.mark.slow
@@ -146,7 +214,12 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_never_interrupted(cluster, s
     (outcome,) = slurm.execute([run], store)
     wait_for(folder.checkpoint_path.exists, "the first checkpoint")
     info = store.info(run.run_id)
-    SlurmJob(folder=Path(info["slurm_log"]).parent, job_id=info["slurm_job_id"])._interrupt()  # fake preemption
+    # A real preemption: a job of the higher-priority partition needs the whole node.
+    urgent = subprocess.run(
+        ["sbatch", "--parsable", "--partition=urgent", "--exclusive", f"--output={tmp_path}/urgent.out", "--wrap",
+         "sleep 2"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
     wait_for(lambda: store.info(run.run_id).get("requeues", 0) >= 1, "the requeue", timeout_s=60)
     assert not folder.metrics_path.exists()
 
@@ -155,4 +228,6 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_never_interrupted(cluster, s
     (final,) = slurm.wait([outcome], store, poll_s=1)
     assert final.state == "done", final.message
     assert store.metrics(run.run_id) == straight
-    assert "resuming" in Path(info["slurm_log"]).read_text()
+    assert store.info(run.run_id)["requeues"] == 1 and slurm_states([urgent])[urgent][0] == "COMPLETED"
+    resumed = re.search(r"resuming .* from iteration (\d+)", " ".join(Path(info["slurm_log"]).read_text().split()))
+    assert resumed and 0 < int(resumed[1]) < 15  # mid-training

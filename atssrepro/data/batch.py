@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -85,4 +86,17 @@ def batch_loader(
         collate_fn=functools.partial(collate, size_divisible=size_divisible),
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
+        worker_init_fn=leave_stopping_to_the_main_process,
     )
+
+
+def leave_stopping_to_the_main_process(worker_id: int) -> None:
+    """Make a DataLoader worker ignore Ctrl-C and SIGTERM.
+
+    A terminal's Ctrl-C and Slurm's SIGTERM reach every process of the run. The training loop
+    answers them by finishing its iteration and checkpointing it, which needs the workers alive
+    until then; a worker killed by the signal would make the main process fail at once instead.
+    The main process still ends its workers when it is done with them, or when it dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

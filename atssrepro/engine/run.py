@@ -30,8 +30,8 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     """Train and evaluate ``config`` in ``run``; returns the metrics written to metrics.json.
 
     A finished run (metrics.json present) is not trained again. A run with a checkpoint resumes.
-    The run's state in run.json goes pending -> running -> done, or to diverged / failed with
-    the reason; a diverged run is not evaluated.
+    The run's state in run.json goes pending -> running -> done, or to diverged / failed /
+    interrupted with the reason; a diverged run is not evaluated.
     """
     device = distributed.init_from_env()
     if distributed.is_main():
@@ -40,7 +40,11 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     if run.metrics_path.exists():
         return read_metrics(run)
     with run.lock() if distributed.is_main() else contextlib.nullcontext():
-        _record(run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device))
+        # A resumed run drops the reason its previous start stopped for.
+        _record(
+            run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device),
+            message=None, traceback=None,
+        )  # fmt: skip
         try:
             model = train(config, run, device, console)
             metrics = evaluate_model(model, config, device, console, run)
@@ -52,7 +56,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             raise
         except KeyboardInterrupt as e:
             # Ctrl-C, or SIGTERM in training (which then checkpointed its last iteration): resumable.
-            _record(run, "failed", message=str(e) or "interrupted")
+            _record(run, "interrupted", message=str(e) or "interrupted")
             raise
         except BaseException as e:
             # Crashes leave the folder resumable too; record why it stopped.

@@ -18,7 +18,7 @@ from atssrepro import config as cfg
 from atssrepro.errors import UserError
 from atssrepro.fileio import write_json, write_text
 
-State = Literal["pending", "running", "done", "failed", "diverged"]
+State = Literal["pending", "running", "done", "failed", "diverged", "interrupted"]
 
 
 class RunDir:
@@ -88,9 +88,10 @@ class RunDir:
         return json.loads(self.state_path.read_text())
 
     def set_state(self, state: State, **fields: Any) -> None:
+        """Record ``state`` and ``fields`` in run.json; a field given as None is removed."""
         info = self.info()
         info.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        write_json(self.state_path, info)
+        write_json(self.state_path, {key: value for key, value in info.items() if value is not None})
 
     def append_log(self, record: dict[str, Any]) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:

@@ -23,6 +23,7 @@ from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine import checkpoint
 from atssrepro.engine.run_dir import RunDir
+from atssrepro.errors import UserError
 from atssrepro.model.detector import OneStageDetector
 
 
@@ -39,10 +40,8 @@ class _StopSignals:
     its iteration, checkpoints it and raises :class:`Interrupted`.
 
     Repeated signals (a terminal's Ctrl-C reaches torchrun and the harness too, and both pass it
-    on) change nothing; SIGKILL still stops at once. DataLoader workers forked while it is active
-    inherit the SIGINT handler, so a terminal's Ctrl-C does not kill them under the loop; a SIGTERM
-    sent to every process of a job (Slurm does) still ends them, and the run resumes from its last
-    periodic checkpoint instead.
+    on) change nothing; SIGKILL still stops at once. The DataLoader workers ignore both signals
+    (``data.batch.leave_stopping_to_the_main_process``), so the iteration can finish.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -170,7 +169,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     t = config.train
     world = distributed.world_size()
     if t.batch_size % world:
-        raise ValueError(f"train.batch_size = {t.batch_size} is not divisible by the {world} processes")
+        raise UserError(f"train.batch_size = {t.batch_size} cannot be split over {world} processes; use a divisor")
     dataset = CocoDetection(
         cfg.data_path(config.data, config.data.train_ann),
         cfg.data_path(config.data, config.data.train_images),

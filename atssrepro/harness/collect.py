@@ -30,8 +30,8 @@ def collect(
     """One line per (table, row, seed, metric) with the reproduced and the published value.
 
     Columns: ``table``, ``row`` (row id), ``label``, ``preset``, ``seed`` (-1 for reference-only
-    rows), ``run_id``, ``state`` (done, running, pending, failed, diverged, "not run", or
-    "reference"), ``metric``, ``reproduced`` and ``published`` (percent; NaN when absent).
+    rows), ``run_id``, ``state`` (done, running, pending, failed, diverged, interrupted, "not run"
+    or "reference"), ``metric``, ``reproduced`` and ``published`` (percent; NaN when absent).
     A row's runs are found again by resolving it exactly as ``atssrepro run`` did, so pass the
     same preset, seeds and data root.
     """

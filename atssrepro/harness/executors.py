@@ -1,9 +1,9 @@
 """Where planned runs execute. Every executor takes the same list of runs and reports outcomes.
 
-Each run trains in its own ``atssrepro train`` process, output appended to ``<run>/train.log``.
-:class:`LocalExecutor` trains the runs one after the other; :class:`QueueExecutor` packs them
-onto device slots, one run per slot at a time. On Ctrl-C both pass the signal on to the training
-processes (which checkpoint their last iteration), wait for them and raise KeyboardInterrupt.
+:class:`QueueExecutor` trains the runs on this machine, packed onto device slots, each run in
+its own ``atssrepro train`` process with its output appended to ``<run>/train.log``. On Ctrl-C
+it passes the signal on to the training processes (which checkpoint their last iteration), waits
+for them and raises KeyboardInterrupt. ``harness/slurm.py`` holds the other executor.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,8 @@ from atssrepro.harness.store import Store
 class Outcome:
     run_id: str
     state: str
-    """done, skipped (already done), busy (another process holds it), failed or diverged."""
+    """done, skipped (already done), busy (another process trains it), failed, diverged; on
+    Slurm also submitted and queued (in the queue already)."""
     message: str = ""
 
 
@@ -39,15 +41,12 @@ class Executor(Protocol):
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]: ...
 
 
-PYTHON = (sys.executable,)
-
-
 def torchrun(processes: int) -> list[str]:
     """The launcher of a DDP run with ``processes`` processes on this machine."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
 
 
-def train_command(run_dir: str, launcher: Sequence[str] = PYTHON) -> list[str]:
+def train_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
     """Train (or resume) and evaluate the prepared run folder ``run_dir``.
 
     ``launcher`` starts the Python module: the interpreter, or :func:`torchrun` for DDP.
@@ -55,7 +54,7 @@ def train_command(run_dir: str, launcher: Sequence[str] = PYTHON) -> list[str]:
     return [*launcher, "-m", "atssrepro", "train", "--config", f"{run_dir}/config.toml", "--out", run_dir]
 
 
-def tta_command(run_dir: str, launcher: Sequence[str] = PYTHON) -> list[str]:
+def tta_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
     return [*launcher, "-m", "atssrepro", "eval", run_dir, "--tta"]
 
 
@@ -88,6 +87,24 @@ class Slot:
         return [sys.executable] if len(self.devices) == 1 else torchrun(len(self.devices))
 
 
+def local_devices(gpus: str | None) -> list[str]:
+    """The devices of the local queue: the ``--gpus`` list ("0,1,3"; "cpu0,cpu1" makes CPU slots),
+    else every GPU this process may use, else one CPU slot."""
+    if gpus is not None:
+        devices = [device.strip() for device in gpus.split(",")]
+        if not all(re.fullmatch(r"\d+|cpu\d*|(GPU|MIG)-[\w-]+", device) for device in devices):
+            raise UserError(f"--gpus {gpus!r}: expected GPU ids separated by commas, e.g. --gpus 0,1,2,3")
+        return devices
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return ["cpu"]
+    # Slot ids are set as CUDA_VISIBLE_DEVICES, so they must name the GPUs this process sees.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [d.strip() for d in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+
+
 def make_slots(devices: Sequence[str], gpus_per_run: int) -> list[Slot]:
     """Consecutive groups of ``gpus_per_run`` devices; devices left over stay idle."""
     if gpus_per_run < 1:
@@ -100,6 +117,17 @@ def make_slots(devices: Sequence[str], gpus_per_run: int) -> list[Slot]:
         raise UserError(f"--gpus {','.join(devices)}: GPU ids and CPU slots mixed")
     count = len(devices) // gpus_per_run
     return [Slot(tuple(devices[i * gpus_per_run : (i + 1) * gpus_per_run])) for i in range(count)]
+
+
+def check_batch_split(runs: Sequence[PlannedRun], processes: int, what: str) -> None:
+    """Refuse, before anything starts, runs whose global batch ``processes`` processes cannot share."""
+    for run in runs:
+        if run.config.train.batch_size % processes:
+            rows = ", ".join(map(str, run.rows))
+            raise UserError(
+                f"run {run.run_id} ({rows}): train.batch_size = {run.config.train.batch_size} cannot be split "
+                f"over {processes} processes ({what}); use a divisor of it"
+            )
 
 
 class Stopped(Exception):
@@ -153,25 +181,22 @@ def run_one(
     force: bool,
     children: Children,
     console: Console,
-    slot: Slot | None = None,
+    slot: Slot,
 ) -> Outcome:
-    """Train ``run``, then evaluate it with TTA if a row needs that; report progress on ``console``.
-
-    ``slot``: the devices the run gets, noted as ``devices`` in its run.json; None leaves the
-    devices to this process's environment. ``position`` prefixes the lines, e.g. "[3/8]".
+    """Train ``run`` on ``slot``, then evaluate it with TTA if a row needs that; report progress
+    on ``console``. The slot is noted as ``devices`` in the run's run.json. ``position`` prefixes
+    the lines, e.g. "[3/8]".
     """
     rows = ", ".join(map(str, run.rows))
     if not prepare(run, store, force):
         console.print(f"{position} {run.run_id} ({rows}): done already")
         return Outcome(run.run_id, "skipped", "already done")
     folder = store.run(run.run_id)
-    launcher, env = PYTHON, None
-    if slot is not None:
-        launcher, env = slot.launcher(), slot.env()
-        # Under the run's lock, so as not to write over a process training it (it then reports busy).
-        with contextlib.suppress(UserError), folder.lock():
-            folder.set_state(folder.info()["state"], devices=str(slot))
-    console.print(f"{position} {run.run_id} ({rows}): training" + (f" on {slot}" if slot else ""))
+    launcher, env = slot.launcher(), slot.env()
+    # Under the run's lock, so as not to write over a process training it (it then reports busy).
+    with contextlib.suppress(UserError), folder.lock():
+        folder.set_state(folder.info()["state"], devices=str(slot))
+    console.print(f"{position} {run.run_id} ({rows}): training on {slot}")
     commands = [train_command(str(folder.path), launcher)]
     if run.tta:
         commands.append(tta_command(str(folder.path), launcher))
@@ -200,28 +225,6 @@ def _failure(run: PlannedRun, store: Store, code: int) -> Outcome:
     return Outcome(run.run_id, state, message)
 
 
-class LocalExecutor:
-    """Runs one after the other, with this process's devices.
-
-    A failing run is recorded and the next one starts. A run whose folder another process is
-    training is reported busy and left alone.
-    """
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
-        children = Children()
-        try:
-            return [
-                run_one(run, f"[{index}/{len(runs)}]", store, force, children, self.console)
-                for index, run in enumerate(runs, 1)
-            ]
-        except KeyboardInterrupt:
-            children.interrupt()
-            raise
-
-
 class QueueExecutor:
     """Packs pending runs onto device slots: each run gets ``gpus_per_run`` devices of its own.
 
@@ -236,6 +239,7 @@ class QueueExecutor:
         self.slots = make_slots(devices, gpus_per_run)
 
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
+        check_batch_split(runs, len(self.slots[0].devices), "--gpus-per-run")
         pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(runs)):
             pending.put(index)

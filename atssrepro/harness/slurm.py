@@ -9,7 +9,7 @@ Each job is a :class:`TrainJob`: it trains (or resumes) and evaluates one run fo
 announces a preemption or the time limit with submitit's signal (USR2), the job finishes its
 training iteration, checkpoints it, and submitit requeues the job, which resumes from there.
 The rest of the cluster side: :func:`load_profile` (sbatch settings from ``slurm/*.toml``),
-:func:`slurm_states` (squeue/sacct) and :func:`cancel` (scancel).
+:func:`slurm_states` (squeue/sacct) and :func:`cancel_jobs` (scancel).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from atssrepro import distributed
 from atssrepro.engine.run import evaluate_run, execute
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
-from atssrepro.harness.executors import Outcome, prepare
+from atssrepro.harness.executors import Outcome, check_batch_split, prepare
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.store import Store
 
@@ -222,7 +222,9 @@ class SlurmExecutor:
 
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
         """Submit every run that is not done, queued or training elsewhere; outcome "submitted"
-        with the job id (also in the run's run.json as ``slurm_job_id``)."""
+        with the job id (also in the run's run.json as ``slurm_job_id``), or "queued" for a run
+        whose job is in the queue already."""
+        check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x gpus_per_node")
         outcomes: dict[str, Outcome] = {}
         job_ids = {run.run_id: store.info(run.run_id).get("slurm_job_id", "") for run in runs}
         queued = {job: state for job, (state, _) in slurm_states(filter(None, job_ids.values())).items()}
@@ -230,7 +232,7 @@ class SlurmExecutor:
         for run in runs:
             job_id = job_ids[run.run_id]
             if job_id in queued and queued[job_id] not in ENDED:
-                outcomes[run.run_id] = Outcome(run.run_id, "busy", f"in the queue as job {job_id} ({queued[job_id]})")
+                outcomes[run.run_id] = Outcome(run.run_id, "queued", f"job {job_id} ({queued[job_id].lower()})")
             elif store.run(run.run_id).path.exists() and store.run(run.run_id).is_locked():
                 outcomes[run.run_id] = Outcome(run.run_id, "busy", "being trained by another process")
             elif not prepare(run, store, force):
@@ -307,12 +309,13 @@ class SlurmExecutor:
         return executor
 
     def wait(self, outcomes: Sequence[Outcome], store: Store, poll_s: float = 30.0) -> list[Outcome]:
-        """Block until the jobs of the "submitted" outcomes have ended; their final outcomes.
+        """Block until the jobs of the "submitted" and "queued" outcomes have ended; their final
+        outcomes.
 
-        A job that ended without its run reaching done, failed or diverged (killed, out of
-        memory, node failure, out of time) is recorded as failed in run.json.
+        A job that ended without its run reaching done, failed or diverged (out of memory, node
+        failure, out of time) is recorded as failed in run.json, a cancelled one as interrupted.
         """
-        jobs = {o.run_id: store.info(o.run_id)["slurm_job_id"] for o in outcomes if o.state == "submitted"}
+        jobs = {o.run_id: store.info(o.run_id)["slurm_job_id"] for o in outcomes if o.state in ("submitted", "queued")}
         states = slurm_states(jobs.values())
         while any(state not in ENDED for state, _ in states.values()):
             time.sleep(poll_s)
@@ -326,11 +329,31 @@ class SlurmExecutor:
             state, info = store.state(outcome.run_id), store.info(outcome.run_id)
             if state not in ("done", "failed", "diverged"):
                 slurm_state = states.get(job_id, ("ended", ""))[0]
-                state, message = "failed", f"job {job_id} {slurm_state.lower()}; see {info.get('slurm_log')}"
-                store.run(outcome.run_id).set_state("failed", message=message)
+                state = "interrupted" if slurm_state == "CANCELLED" else "failed"
+                message = f"job {job_id} {slurm_state.lower()}; see {info.get('slurm_log')}"
+                store.run(outcome.run_id).set_state(state, message=message)
                 info = store.info(outcome.run_id)
             final.append(Outcome(outcome.run_id, state, "" if state == "done" else info.get("message", "")))
         return final
+
+
+def merged_state(run_state: str, slurm_state: str | None, requeues: int = 0) -> str:
+    """What ``atssrepro status`` calls a run that was submitted to Slurm.
+
+    ``run_state`` is the run folder's (``Store.state``), ``slurm_state`` its job's in squeue or
+    sacct (None when Slurm no longer knows the job). A finished run keeps its own state; otherwise
+    Slurm knows best: pending (requeued after a preemption or a time limit), running, cancelled,
+    or failed when the job ended without the run finishing (out of memory, node failure, time).
+    """
+    if run_state in ("done", "diverged") or slurm_state is None:
+        return run_state
+    if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PREEMPTED", "SUSPENDED"):
+        return "requeued" if requeues or slurm_state != "PENDING" else "pending"
+    if slurm_state == "CANCELLED":
+        return "cancelled"
+    if slurm_state in ENDED:
+        return run_state if run_state == "failed" or slurm_state == "COMPLETED" else "failed"
+    return "running"  # RUNNING, CONFIGURING, COMPLETING, STAGE_OUT, SIGNALING, ...
 
 
 def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -362,7 +385,7 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
     return {job_id: found[job_id] for job_id in wanted if job_id in found}
 
 
-def cancel(job_ids: Iterable[str]) -> None:
+def cancel_jobs(job_ids: Iterable[str]) -> None:
     """Cancel the jobs (scancel); their runs keep their checkpoints and resume when run again."""
     ids = sorted(set(job_ids))
     if ids:

@@ -25,8 +25,9 @@ class Store:
         return self.run(run_id).info()
 
     def state(self, run_id: str) -> str:
-        """pending, running, done, failed, diverged, "interrupted" (marked running, but no live
-        process holds it: killed, and resumable), or "not run" when the folder does not exist."""
+        """pending, running, done, failed, diverged, interrupted (stopped by a signal, or marked
+        running while no live process holds it: killed), or "not run" when the folder does not
+        exist. Every state but done resumes from the run's checkpoint on the next start."""
         state = self.info(run_id).get("state", NOT_RUN)
         if state == "running" and not self.run(run_id).is_locked():
             return "interrupted"
