@@ -225,7 +225,8 @@ def run(
         ExecutorName.local, "--executor", "-e", help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster."
     ),
     gpus: str | None = typer.Option(
-        None, help="local: the GPUs to use, e.g. 0,1,2,3 (default: every visible GPU, else the CPU)."
+        None,
+        help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
     ),
     gpus_per_run: int = typer.Option(1, help="local: GPUs per run; with more than one a run trains with DDP."),
     profile: str | None = typer.Option(

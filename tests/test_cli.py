@@ -73,3 +73,11 @@ def test_analyze_assignment_on_tiny_coco(tiny_coco, tmp_path):
     assert "| atss | all |" in result.stdout and "| iou | small |" in result.stdout
     assert (tmp_path / "positives.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "summary.csv").read_text().startswith("strategy,size,num_gt")
+
+
+def test_executor_options_that_do_not_fit_are_one_line_errors(tmp_path):
+    results = ["--results", str(tmp_path / "results")]
+    assert_one_line_error(atssrepro("run", "table4", "--gpus", "0;1", *results, check=False), "--gpus '0;1'")
+    assert_one_line_error(atssrepro("run", "table4", "-e", "slurm", *results, check=False), "needs --profile")
+    assert_one_line_error(atssrepro("cancel", "../etc", *results, check=False), "neither a table")
+    assert not (tmp_path / "results").exists()

@@ -116,7 +116,11 @@ def run_table(*args, results, data, check=True, **kwargs):
 @pytest.mark.slow
 def test_smoke_tables_1_and_3_on_tiny_coco_and_their_report(tiny_coco, tmp_path):
     results = tmp_path / "results"
-    run_table("table1", "table3", results=results, data=tiny_coco)
+    # Ten runs through the local queue on two CPU slots (one core each): never two on one slot.
+    queue = run_table("table1", "table3", "--gpus", "cpu0,cpu1", results=results, data=tiny_coco)
+    assert "2 slot(s): cpu0 | cpu1" in queue.stderr
+    runs = [json.loads(path.read_text()) for path in results.glob("*/run.json")]
+    assert len(runs) == 10 and {run["devices"] for run in runs} == {"cpu0", "cpu1"}
     report = atssrepro(
         "report", "table1", "table3", "--format", "markdown", "--preset", "smoke",
         "--data", str(tiny_coco), "--results", str(results),

@@ -148,8 +148,12 @@ def test_local_devices(monkeypatch):
     assert local_devices(None) == ["0", "1"]
 
 
-def test_slots():
+def test_slots(monkeypatch):
     assert make_slots(["cpu"], 1) == [Slot(("cpu",))]
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [slot.threads for slot in make_slots(["cpu0", "cpu1", "cpu2"], 1)] == [2, 2, 2]  # sharing the cores
+    assert make_slots(["cpu0", "cpu1", "cpu2"], 1)[0].env()["OMP_NUM_THREADS"] == "2"
+    assert [slot.threads for slot in make_slots(["0", "1"], 1)] == [0, 0]  # GPU runs keep torch's default
     assert Slot(("cpu",)).env()["CUDA_VISIBLE_DEVICES"] == ""
     assert Slot(("2", "3")).env()["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert Slot(("2",)).launcher() == [sys.executable]

@@ -341,6 +341,12 @@ def test_the_paper_tables_render_before_any_run(fmt: str) -> None:
         assert str(spec.rows[0].published[spec.metrics[0]]) in text
 
 
+def test_tables_published_on_another_split_say_their_verdicts_are_indicative() -> None:
+    text = report.render([load_table("table3"), load_table("table8")], frame_of(), "markdown")
+    table3, table8 = text.split("Table 8", 1)
+    assert "test-dev" in table8 and "indicative only" in table8 and "indicative only" not in table3
+
+
 # ---- plots
 
 

@@ -225,7 +225,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_never_interrupted(cluster, s
 
     # The same run, uninterrupted, while the requeued job waits for its turn.
     straight = execute(config, RunDir(tmp_path / "straight"), "smoke", Console(stderr=True))
-    (final,) = slurm.wait([outcome], store, poll_s=1)
+    (final,) = slurm.wait([outcome], store, max_poll_s=1)
     assert final.state == "done", final.message
     assert store.metrics(run.run_id) == straight
     assert store.info(run.run_id)["requeues"] == 1 and slurm_states([urgent])[urgent][0] == "COMPLETED"

@@ -73,6 +73,8 @@ class Slot:
     """Devices that one run has to itself: GPU ids ("0", "1", ...) or CPU slots ("cpu0", "cpu1", ...)."""
 
     devices: tuple[str, ...]
+    threads: int = 0
+    """CPU threads of the run (OMP_NUM_THREADS); 0 leaves torch's default, all the cores."""
 
     def __str__(self) -> str:
         return ",".join(self.devices)
@@ -80,7 +82,8 @@ class Slot:
     def env(self) -> dict[str, str]:
         """This process's environment with only the slot's GPUs visible (none for a CPU slot)."""
         visible = "" if self.devices[0].startswith("cpu") else str(self)
-        return {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+        threads = {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+        return {**os.environ, "CUDA_VISIBLE_DEVICES": visible, **threads}
 
     def launcher(self) -> list[str]:
         """One process on one device; DDP with one process per device on several."""
@@ -116,7 +119,9 @@ def make_slots(devices: Sequence[str], gpus_per_run: int) -> list[Slot]:
     if len({d.startswith("cpu") for d in devices}) > 1:
         raise UserError(f"--gpus {','.join(devices)}: GPU ids and CPU slots mixed")
     count = len(devices) // gpus_per_run
-    return [Slot(tuple(devices[i * gpus_per_run : (i + 1) * gpus_per_run])) for i in range(count)]
+    # CPU slots share the cores: as many threads each as they have cores to themselves.
+    threads = max(1, (os.cpu_count() or 1) // count) if devices[0].startswith("cpu") and count > 1 else 0
+    return [Slot(tuple(devices[i * gpus_per_run : (i + 1) * gpus_per_run]), threads) for i in range(count)]
 
 
 def check_batch_split(runs: Sequence[PlannedRun], processes: int, what: str) -> None:

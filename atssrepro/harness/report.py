@@ -299,6 +299,11 @@ def _footer(spec: TableSpec, cells: Cells) -> list[str]:
     unjudged = _unjudged_presets(row_lines)
     if unjudged:
         footer.append(f"Preset {', '.join(unjudged)}: not comparable with the paper, never judged.")
+    if spec.split != "minival":
+        footer.append(
+            f"Published numbers are on {spec.split}, reproduced ones on the validation split: the verdicts are "
+            "indicative only (submit `atssrepro predict` results to the COCO server to compare on the same split)."
+        )
     if spec.status:
         footer.append(f"Status: {spec.status}")
     return footer

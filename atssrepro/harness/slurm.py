@@ -308,17 +308,19 @@ class SlurmExecutor:
         )
         return executor
 
-    def wait(self, outcomes: Sequence[Outcome], store: Store, poll_s: float = 30.0) -> list[Outcome]:
+    def wait(self, outcomes: Sequence[Outcome], store: Store, max_poll_s: float = 30.0) -> list[Outcome]:
         """Block until the jobs of the "submitted" and "queued" outcomes have ended; their final
-        outcomes.
+        outcomes. Slurm is asked every tenth of the time waited so far, at least every second and
+        at most every ``max_poll_s``: short jobs are seen to end soon, long ones cost few squeues.
 
         A job that ended without its run reaching done, failed or diverged (out of memory, node
         failure, out of time) is recorded as failed in run.json, a cancelled one as interrupted.
         """
         jobs = {o.run_id: store.info(o.run_id)["slurm_job_id"] for o in outcomes if o.state in ("submitted", "queued")}
         states = slurm_states(jobs.values())
+        started = time.monotonic()
         while any(state not in ENDED for state, _ in states.values()):
-            time.sleep(poll_s)
+            time.sleep(min(max_poll_s, max(1.0, (time.monotonic() - started) / 10)))
             states = slurm_states(jobs.values())
         final = []
         for outcome in outcomes:
