@@ -138,7 +138,7 @@ def test_smoke_tables_1_and_3_on_tiny_coco_and_their_report(tiny_coco, tmp_path)
 @pytest.mark.slow
 def test_seeds_are_separate_runs_and_reported_as_mean_and_std(synth_coco, tmp_path):
     results = tmp_path / "results"
-    run_table("table4", "--rows", "k3", "--seeds", "2", results=results, data=synth_coco)
+    run_table("table4", "--rows", "k3", "--seeds", "2", "--gpus", "cpu0,cpu1", results=results, data=synth_coco)
     assert len([p for p in results.iterdir() if p.is_dir()]) == 2
     report = atssrepro(
         "report", "table4", "--format", "json", "--preset", "smoke", "--seeds", "2",

@@ -116,14 +116,17 @@ class TrainJob(submitit.helpers.Checkpointable):
         # The job started in the snapshot so that Python imported atssrepro from there.
         os.chdir(self.workdir)
         env = submitit.JobEnvironment()
+        # How often Slurm requeued this job so far: preemptions, time limits, node failures.
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if env.num_tasks > 1:
-            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
             os.environ["MASTER_PORT"] = str(rendezvous_port(env.job_id, restarts))
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         run = RunDir(self.run_dir)
         if env.global_rank == 0:
+            info = run.info()
             code = str(Path(atssrepro.__file__).resolve().parents[1])  # the snapshot
-            run.set_state(run.info().get("state", "pending"), slurm_node=env.hostname, code=code)
+            requeues = max(info.get("requeues", 0), restarts)
+            run.set_state(info.get("state", "pending"), slurm_node=env.hostname, code=code, requeues=requeues)
         console = Console(stderr=True, force_terminal=False)
         requeue_signal = _RequeueSignal()
         try:
@@ -132,7 +135,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 self._evaluate_tta(run, console)
         except BaseException:
             # Stopped by the requeue signal, or by the SIGTERM that Slurm may send with it (the
-            # training loop stops on it; DataLoader workers die of it): requeue, resume later.
+            # training loop stops on either): requeue, resume later.
             if requeue_signal.wait():
                 requeue_signal.requeue()  # on rank 0: checkpoint(), scontrol requeue, exit
             raise
@@ -146,7 +149,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 before it requeues the job. The run folder holds the latest
-        checkpoint, which the next start resumes from: record the requeue, resubmit this same job."""
+        checkpoint, which the next start resumes from: record the requeue, resubmit this same job.
+        (Requeues without this call, after a node failure, are counted when the job starts again.)"""
         run = RunDir(self.run_dir)
         requeues = run.info().get("requeues", 0) + 1
         run.set_state("pending", requeues=requeues, message="requeued by Slurm (preemption or time limit)")
