@@ -6,6 +6,7 @@ skipped where no cluster with a ``debug`` partition answers (CI starts one: see 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,9 +19,9 @@ import pytest
 from rich.console import Console
 
 from atssrepro import config as cfg
-from atssrepro.engine.run import execute
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
+from atssrepro.harness.executors import torchrun, train_command
 from atssrepro.harness.plan import PlannedRun, resolve_row
 from atssrepro.harness.slurm import (
     PROFILE_DIR,
@@ -53,6 +54,7 @@ def test_shipped_profiles_load(name):
         ('time_min = "1h"', "time_min = '1h' is not valid; expected an integer"),
         ("nodes = 0", "nodes = 0 must be >= 1"),
         ("setup = 3", "setup = 3 is not valid"),
+        ("gpus_per_node = 4\ncpu_processes_per_node = 2", "cpu_processes_per_node is for nodes without GPUs"),
     ],
 )
 def test_profile_errors_name_the_file_and_the_key(tmp_path, text, message):
@@ -74,7 +76,7 @@ def test_profile_fields_and_unknown_names():
 def test_runs_whose_batch_the_profile_cannot_split_are_refused_before_submitting(tmp_path):
     profile = load_profile(str(PROFILE_DIR / "example_cluster.toml"))  # 8 GPUs per node
     run = PlannedRun("a", cfg.apply(cfg.Config(), {"train": {"batch_size": 4}}, "test"), "paper", 0)
-    with pytest.raises(UserError, match=r"cannot be split over 8 processes \(nodes x gpus_per_node\)"):
+    with pytest.raises(UserError, match=r"cannot be split over 8 processes \(nodes x processes per node\)"):
         SlurmExecutor(Console(stderr=True), profile).execute([run], Store(tmp_path / "results"))
     assert not (tmp_path / "results").exists()
 
@@ -200,15 +202,19 @@ def test_a_smoke_table_on_slurm_from_submission_to_report(cluster, synth_coco, t
 
 
 @pytest.mark.slow
-def test_a_preempted_job_is_requeued_and_ends_as_if_never_interrupted(cluster, synth_coco, tmp_path):
+def test_a_preempted_ddp_job_is_requeued_and_ends_as_if_never_interrupted(cluster, synth_coco, tmp_path):
     spec = load_table("table4")
     k3 = next(row for row in spec.rows if row.id == "k3")
     config = resolve_row(spec, k3, "smoke", 0, str(synth_coco))
     small = {"data": {"train_short_side": [96, 96], "test_short_side": 96, "max_size": 160}}
-    config = cfg.apply(config, {**small, "train": {"iterations": 15, "checkpoint_every": 5}}, "test")
+    # log_every=1: DDP ranks agree on stopping at each logged iteration, so a stop comes at once.
+    training = {"iterations": 15, "checkpoint_every": 5, "log_every": 1}
+    config = cfg.apply(config, {**small, "train": training}, "test")
     run = PlannedRun(cfg.config_id(config), config, "smoke", 0)
     store = Store(tmp_path / "results")
-    slurm = executor()
+    # Two training processes (one image each of the batch of 2) in one job: DDP over gloo.
+    profile = dataclasses.replace(load_profile("local"), cpus_per_task=1, cpu_processes_per_node=2)
+    slurm = SlurmExecutor(Console(stderr=True), profile)
     folder = store.run(run.run_id)
 
     (outcome,) = slurm.execute([run], store)
@@ -223,11 +229,17 @@ def test_a_preempted_job_is_requeued_and_ends_as_if_never_interrupted(cluster, s
     wait_for(lambda: store.info(run.run_id).get("requeues", 0) >= 1, "the requeue", timeout_s=60)
     assert not folder.metrics_path.exists()
 
-    # The same run, uninterrupted, while the requeued job waits for its turn.
-    straight = execute(config, RunDir(tmp_path / "straight"), "smoke", Console(stderr=True))
+    # The same run, uninterrupted and on two processes too, while the requeued job waits its turn.
+    straight = RunDir(tmp_path / "straight")
+    straight.init(config, "smoke")
+    subprocess.run(
+        train_command(str(straight.path), torchrun(2)), capture_output=True, check=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
     (final,) = slurm.wait([outcome], store, max_poll_s=1)
     assert final.state == "done", final.message
-    assert store.metrics(run.run_id) == straight
+    metrics = store.metrics(run.run_id)
+    assert metrics["world_size"] == 2 and metrics == json.loads(straight.metrics_path.read_text())
     assert store.info(run.run_id)["requeues"] == 1 and slurm_states([urgent])[urgent][0] == "COMPLETED"
     resumed = re.search(r"resuming .* from iteration (\d+)", " ".join(Path(info["slurm_log"]).read_text().split()))
     assert resumed and 0 < int(resumed[1]) < 15  # mid-training

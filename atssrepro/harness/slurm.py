@@ -59,6 +59,9 @@ class SlurmProfile:
     nodes: int = 1
     gpus_per_node: int = 0
     """One training process (task) starts per GPU; without GPUs, one per node."""
+    cpu_processes_per_node: int = 0
+    """Without GPUs: how many training processes (DDP over gloo) start per node; 0: one. For
+    trying multi-process runs on CPU nodes, as the tests do on the one-node cluster."""
     cpus_per_task: int = 1
     """CPUs of each training process: its data-loading workers plus one."""
     mem_gb: float = 0.0
@@ -78,7 +81,8 @@ class SlurmProfile:
 
     @property
     def tasks_per_node(self) -> int:
-        return max(1, self.gpus_per_node)
+        """Training processes per node: one per GPU, else ``cpu_processes_per_node`` (at least one)."""
+        return self.gpus_per_node or max(1, self.cpu_processes_per_node)
 
 
 def load_profile(name_or_path: str) -> SlurmProfile:
@@ -91,10 +95,12 @@ def load_profile(name_or_path: str) -> SlurmProfile:
         raise UserError(f"Slurm profile {name_or_path!r} is neither a file nor one of {PROFILE_DIR}: {known}")
     # Same checks and messages as run configs: unknown keys (with a suggestion) and bad types.
     profile = cfg.apply(SlurmProfile(), cfg.load_toml(path), str(path))
-    minimums = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0, "time_min": 1}
-    for key, low in {**minimums, "max_timeouts": 0, "array_parallelism": 1}.items():
+    minimums = {"nodes": 1, "gpus_per_node": 0, "cpu_processes_per_node": 0, "cpus_per_task": 1, "mem_gb": 0}
+    for key, low in {**minimums, "time_min": 1, "max_timeouts": 0, "array_parallelism": 1}.items():
         if getattr(profile, key) < low:
             raise UserError(f"{path}: {key} = {getattr(profile, key)} must be >= {low}")
+    if profile.gpus_per_node and profile.cpu_processes_per_node:
+        raise UserError(f"{path}: cpu_processes_per_node is for nodes without GPUs; with gpus_per_node, leave it out")
     return profile
 
 
@@ -228,7 +234,7 @@ class SlurmExecutor:
         """Submit every run that is not done, queued or training elsewhere; outcome "submitted"
         with the job id (also in the run's run.json as ``slurm_job_id``), or "queued" for a run
         whose job is in the queue already."""
-        check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x gpus_per_node")
+        check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x processes per node")
         outcomes: dict[str, Outcome] = {}
         job_ids = {run.run_id: store.info(run.run_id).get("slurm_job_id", "") for run in runs}
         queued = {job: state for job, (state, _) in slurm_states(filter(None, job_ids.values())).items()}
