@@ -368,13 +368,14 @@ def status(
             print(json.dumps(dataclasses.asdict(status)))
         return
     on_slurm = any(s.slurm_job_id for s in statuses)
-    slurm_columns = ("Slurm job", "node", "requeues") if on_slurm else ()
+    slurm_columns = ("Slurm job", "node (or why it waits)", "requeues") if on_slurm else ()
     table = make_table("run", "rows", "state", "iteration", "loss", *slurm_columns, "message")
     for s in statuses:
         iteration = f"{s.iteration}/{s.iterations}" if s.iteration is not None else "-"
         loss = f"{s.loss:.3f}" if s.loss is not None else "-"
         job = f"{s.slurm_job_id} {s.slurm_state.lower()}".strip()
-        slurm_cells = (job, s.node, str(s.requeues) if s.slurm_job_id else "") if on_slurm else ()
+        where = s.node or (f"({s.reason})" if s.reason else "")
+        slurm_cells = (job, where, str(s.requeues) if s.slurm_job_id else "") if on_slurm else ()
         table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message[:60])
     stdout.print(table)
 
@@ -408,7 +409,8 @@ def cancel(
                 f"{target!r} is neither a table ({', '.join(available_tables())}) nor the id of a run in {results}/"
             )
     jobs = {run_id: store.info(run_id).get("slurm_job_id") for run_id in dict.fromkeys(run_ids)}
-    live = {job: state for job, (state, _) in slurm_states(filter(None, jobs.values())).items() if state not in ENDED}
+    known = slurm_states(filter(None, jobs.values()))
+    live = {job: job_state.state for job, job_state in known.items() if job_state.state not in ENDED}
     cancel_jobs(live)
     for run_id, job in jobs.items():
         verdict = f"cancelled job {job} ({live[job].lower()})" if job in live else "no job in the queue"

@@ -174,6 +174,7 @@ def test_a_smoke_table_on_slurm_from_submission_to_report(cluster, synth_coco, t
     queued = statuses("table4", *where)
     k3, k5 = queued["k3"], queued["k5"]
     assert k3["slurm_job_id"] and k3["state"] in ("pending", "running") and k5["state"] == "pending"
+    assert k5["reason"] and not k5["node"]  # waits behind k3: JobArrayTaskLimit
     cancelled = atssrepro("cancel", k5["run_id"], *where[2:])
     assert f"cancelled job {k5['slurm_job_id']}" in cancelled.stderr
     assert statuses("table4", *where)["k5"]["state"] == "cancelled"
@@ -240,6 +241,6 @@ def test_a_preempted_ddp_job_is_requeued_and_ends_as_if_never_interrupted(cluste
     assert final.state == "done", final.message
     metrics = store.metrics(run.run_id)
     assert metrics["world_size"] == 2 and metrics == json.loads(straight.metrics_path.read_text())
-    assert store.info(run.run_id)["requeues"] == 1 and slurm_states([urgent])[urgent][0] == "COMPLETED"
+    assert store.info(run.run_id)["requeues"] == 1 and slurm_states([urgent])[urgent].state == "COMPLETED"
     resumed = re.search(r"resuming .* from iteration (\d+)", " ".join(Path(info["slurm_log"]).read_text().split()))
     assert resumed and 0 < int(resumed[1]) < 15  # mid-training

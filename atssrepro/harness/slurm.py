@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 import submitit
 from rich.console import Console
@@ -237,7 +237,7 @@ class SlurmExecutor:
         check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x processes per node")
         outcomes: dict[str, Outcome] = {}
         job_ids = {run.run_id: store.info(run.run_id).get("slurm_job_id", "") for run in runs}
-        queued = {job: state for job, (state, _) in slurm_states(filter(None, job_ids.values())).items()}
+        queued = {job: job_state.state for job, job_state in slurm_states(filter(None, job_ids.values())).items()}
         pending = []
         for run in runs:
             job_id = job_ids[run.run_id]
@@ -329,7 +329,7 @@ class SlurmExecutor:
         jobs = {o.run_id: store.info(o.run_id)["slurm_job_id"] for o in outcomes if o.state in ("submitted", "queued")}
         states = slurm_states(jobs.values())
         started = time.monotonic()
-        while any(state not in ENDED for state, _ in states.values()):
+        while any(job.state not in ENDED for job in states.values()):
             time.sleep(min(max_poll_s, max(1.0, (time.monotonic() - started) / 10)))
             states = slurm_states(jobs.values())
         final = []
@@ -340,7 +340,7 @@ class SlurmExecutor:
             job_id = jobs[outcome.run_id]
             state, info = store.state(outcome.run_id), store.info(outcome.run_id)
             if state not in ("done", "failed", "diverged"):
-                slurm_state = states.get(job_id, ("ended", ""))[0]
+                slurm_state = states[job_id].state if job_id in states else "ended"
                 state = "interrupted" if slurm_state == "CANCELLED" else "failed"
                 message = f"job {job_id} {slurm_state.lower()}; see {info.get('slurm_log')}"
                 store.run(outcome.run_id).set_state(state, message=message)
@@ -368,22 +368,33 @@ def merged_state(run_state: str, slurm_state: str | None, requeues: int = 0) -> 
     return "running"  # RUNNING, CONFIGURING, COMPLETING, STAGE_OUT, SIGNALING, ...
 
 
-def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """{job id: (Slurm state, node list)} of the jobs that squeue (or sacct, where the cluster
-    keeps accounting) still knows; ``{}`` where Slurm is not installed."""
+class JobState(NamedTuple):
+    """What Slurm says of one job."""
+
+    state: str
+    """PENDING, RUNNING, COMPLETED, CANCELLED, ... (see ``ENDED``)."""
+    node: str
+    """The node list; empty while the job waits."""
+    reason: str
+    """Why a pending job waits (Priority, Resources, BeginTime, "launch failed requeued held"...); "" otherwise."""
+
+
+def slurm_states(job_ids: Iterable[str]) -> dict[str, JobState]:
+    """The states of the jobs that squeue (or sacct, where the cluster keeps accounting) still
+    knows, by job id; ``{}`` where Slurm is not installed."""
     wanted = sorted(set(job_ids))
     if not wanted or shutil.which("squeue") is None:
         return {}
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, JobState] = {}
     ids = ",".join(wanted)
     queue = subprocess.run(
-        ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N", f"--jobs={ids}"],
+        ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N|%r", f"--jobs={ids}"],
         capture_output=True, text=True,
     )  # fmt: skip
     # squeue fails when it knows none of the jobs; it lists the others when it knows some.
     for line in queue.stdout.splitlines():
-        job_id, state, node = line.split("|")
-        found[job_id] = (state, node)
+        job_id, state, node, reason = line.split("|", 3)
+        found[job_id] = JobState(state, node, "" if reason == "None" or state != "PENDING" else reason)
     missing = [job_id for job_id in wanted if job_id not in found]
     if missing and shutil.which("sacct"):
         accounting = subprocess.run(
@@ -393,7 +404,7 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         )  # fmt: skip
         for line in accounting.stdout.splitlines() if accounting.returncode == 0 else []:
             job_id, state, node = line.split("|")
-            found.setdefault(job_id, (state.split()[0], node))  # "CANCELLED by 0" -> CANCELLED
+            found.setdefault(job_id, JobState(state.split()[0], node, ""))  # "CANCELLED by 0" -> CANCELLED
     return {job_id: found[job_id] for job_id in wanted if job_id in found}
 
 

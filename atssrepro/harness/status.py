@@ -26,6 +26,8 @@ class RunStatus:
     slurm_state: str = ""
     """squeue's or sacct's state of the job ("" when Slurm does not know it)."""
     node: str = ""
+    reason: str = ""
+    """Why a pending job waits, as squeue says."""
     requeues: int = 0
 
 
@@ -47,7 +49,8 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
         )
         if "slurm_job_id" in info:
             status.slurm_job_id = info["slurm_job_id"]
-            status.slurm_state, status.node = jobs.get(status.slurm_job_id, ("", ""))
+            if status.slurm_job_id in jobs:
+                status.slurm_state, status.node, status.reason = jobs[status.slurm_job_id]
             status.requeues = info.get("requeues", 0)
             status.state = merged_state(status.state, status.slurm_state or None, status.requeues)
         statuses.append(status)
