@@ -167,22 +167,38 @@ def test_concurrent_runs_of_one_table_never_train_the_same_run_twice(synth_coco,
 
 
 @pytest.mark.slow
-def test_killed_run_is_resumed_by_the_next_run(synth_coco, tmp_path):
+def test_ctrl_c_and_kill_leave_runs_that_the_next_run_resumes(synth_coco, tmp_path):
     results = tmp_path / "results"
     command = [sys.executable, "-m", "atssrepro", "run", "table4", "--rows", "k7", "--preset", "smoke"]
     command += ["--data", str(synth_coco), "--results", str(results)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not list(results.glob("*/checkpoint.pt")):
-        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the harness and its training process
-    process.wait()
-    (run,) = [p for p in results.iterdir() if p.is_dir()]
-    assert not (run / "metrics.json").exists()
+    status = ["status", "table4", "--preset", "smoke", "--data", str(synth_coco), "--results", str(results)]
 
-    status = atssrepro("status", "table4", "--preset", "smoke", "--data", str(synth_coco), "--results", str(results))
-    assert run.name in status.stdout and "interrupted" in status.stdout
+    def start_and_signal_when(ready, signum: int) -> subprocess.Popen:
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 300
+        while not ready():
+            assert process.poll() is None and time.time() < deadline, "the run ended too soon"
+            time.sleep(0.02)
+        os.killpg(process.pid, signum)  # the harness and its training process, as a terminal does
+        process.wait()
+        return process
+
+    def logged() -> list[str]:
+        return [line for path in results.glob("*/log.jsonl") for line in path.read_text().splitlines()]
+
+    # Ctrl-C: the run saves the iteration it is in and says so; the command exits 130.
+    first = start_and_signal_when(lambda: logged(), signal.SIGINT)
+    assert first.returncode == 130 and "run again to resume" in " ".join(first.stderr.read().split())
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    info = json.loads((run / "run.json").read_text())
+    assert info["state"] == "interrupted" and info["message"].startswith("interrupted after iteration")
+    assert (run / "checkpoint.pt").exists() and not (run / "metrics.json").exists()
+
+    # kill -9 after the resumed run logged more: nothing is recorded, the lock is gone.
+    second = start_and_signal_when(lambda: len(logged()) > 1, signal.SIGKILL)
+    assert second.returncode == -signal.SIGKILL and json.loads((run / "run.json").read_text())["state"] == "running"
+    assert "interrupted" in atssrepro(*status).stdout  # marked running, but no process holds it
+
     run_table("table4", "--rows", "k7", results=results, data=synth_coco)
     assert "resuming" in (run / "train.log").read_text()
     assert json.loads((run / "run.json").read_text())["state"] == "done"

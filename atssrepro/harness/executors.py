@@ -222,9 +222,9 @@ def _failure(run: PlannedRun, store: Store, code: int) -> Outcome:
     message = lines[-1] if lines else f"exit code {code}"
     if "being trained by another process" in message:
         return Outcome(run.run_id, "busy", message)
-    state = store.state(run.run_id)
-    if state not in ("failed", "diverged"):
-        # Killed without a word (out of memory, a signal): record it for `status`.
+    state = store.info(run.run_id).get("state")  # as the run recorded it
+    if state not in ("failed", "diverged", "interrupted"):
+        # Killed without a word (out of memory, SIGKILL): record it for `status`.
         state = "failed"
         folder.set_state("failed", message=message)
     return Outcome(run.run_id, state, message)
