@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 from atssrepro import config as cfg
+from atssrepro.engine import checkpoint
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
 from atssrepro.harness.executors import torchrun, train_command
@@ -230,17 +232,22 @@ def test_a_preempted_ddp_job_is_requeued_and_ends_as_if_never_interrupted(cluste
     wait_for(lambda: store.info(run.run_id).get("requeues", 0) >= 1, "the requeue", timeout_s=60)
     assert not folder.metrics_path.exists()
 
-    # The same run, uninterrupted and on two processes too, while the requeued job waits its turn.
+    # The same run, uninterrupted and on two processes of one thread too (as the job's tasks of one
+    # CPU each: the thread count changes the last bits of the sums), while the requeued job waits.
     straight = RunDir(tmp_path / "straight")
     straight.init(config, "smoke")
     subprocess.run(
         train_command(str(straight.path), torchrun(2)), capture_output=True, check=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     (final,) = slurm.wait([outcome], store, max_poll_s=1)
     assert final.state == "done", final.message
     metrics = store.metrics(run.run_id)
     assert metrics["world_size"] == 2 and metrics == json.loads(straight.metrics_path.read_text())
+    weights, straight_weights = (
+        checkpoint.load(path)["model"] for path in (folder.checkpoint_path, straight.checkpoint_path)
+    )
+    assert all(torch.equal(weights[name], straight_weights[name]) for name in weights)  # bit for bit
     assert store.info(run.run_id)["requeues"] == 1 and slurm_states([urgent])[urgent].state == "COMPLETED"
     resumed = re.search(r"resuming .* from iteration (\d+)", " ".join(Path(info["slurm_log"]).read_text().split()))
     assert resumed and 0 < int(resumed[1]) < 15  # mid-training

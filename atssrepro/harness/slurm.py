@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 import submitit
+import torch
 from rich.console import Console
 
 import atssrepro
@@ -121,6 +122,8 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> None:
         # The job started in the snapshot so that Python imported atssrepro from there.
         os.chdir(self.workdir)
+        # As many threads as the CPUs Slurm gave this task, not one per core of a shared node.
+        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
         env = submitit.JobEnvironment()
         # How often Slurm requeued this job so far: preemptions, time limits, node failures.
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
