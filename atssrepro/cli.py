@@ -393,7 +393,7 @@ def cancel(
     The runs keep their checkpoints: `atssrepro run` submits them again and they resume.
     """
     from atssrepro.harness.plan import plan
-    from atssrepro.harness.slurm import ENDED, cancel_jobs, slurm_states
+    from atssrepro.harness.slurm import cancel_jobs, live_jobs
     from atssrepro.harness.specs import available_tables, load_table
     from atssrepro.harness.store import Store
 
@@ -409,8 +409,7 @@ def cancel(
                 f"{target!r} is neither a table ({', '.join(available_tables())}) nor the id of a run in {results}/"
             )
     jobs = {run_id: store.info(run_id).get("slurm_job_id") for run_id in dict.fromkeys(run_ids)}
-    known = slurm_states(filter(None, jobs.values()))
-    live = {job: job_state.state for job, job_state in known.items() if job_state.state not in ENDED}
+    live = live_jobs(jobs.values())
     cancel_jobs(live)
     for run_id, job in jobs.items():
         verdict = f"cancelled job {job} ({live[job].lower()})" if job in live else "no job in the queue"

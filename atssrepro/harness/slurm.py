@@ -240,11 +240,11 @@ class SlurmExecutor:
         check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x processes per node")
         outcomes: dict[str, Outcome] = {}
         job_ids = {run.run_id: store.info(run.run_id).get("slurm_job_id", "") for run in runs}
-        queued = {job: job_state.state for job, job_state in slurm_states(filter(None, job_ids.values())).items()}
+        queued = live_jobs(job_ids.values())
         pending = []
         for run in runs:
             job_id = job_ids[run.run_id]
-            if job_id in queued and queued[job_id] not in ENDED:
+            if job_id in queued:
                 outcomes[run.run_id] = Outcome(run.run_id, "queued", f"job {job_id} ({queued[job_id].lower()})")
             elif store.run(run.run_id).path.exists() and store.run(run.run_id).is_locked():
                 outcomes[run.run_id] = Outcome(run.run_id, "busy", "being trained by another process")
@@ -409,6 +409,12 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, JobState]:
             job_id, state, node = line.split("|")
             found.setdefault(job_id, JobState(state.split()[0], node, ""))  # "CANCELLED by 0" -> CANCELLED
     return {job_id: found[job_id] for job_id in wanted if job_id in found}
+
+
+def live_jobs(job_ids: Iterable[str]) -> dict[str, str]:
+    """{job id: Slurm state} of the jobs among ``job_ids`` (empty ones skipped) that may still run."""
+    states = slurm_states(job_id for job_id in job_ids if job_id)
+    return {job_id: job.state for job_id, job in states.items() if job.state not in ENDED}
 
 
 def cancel_jobs(job_ids: Iterable[str]) -> None:
