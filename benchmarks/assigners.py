@@ -38,6 +38,31 @@ def random_gts(batch: int, num_gt: int, height: int, width: int, device: torch.d
     return boxes.to(device), torch.ones(batch, num_gt, dtype=torch.bool, device=device)
 
 
+def time_assigners(
+    device: torch.device, batch: int, gts: list[int], repeats: int, height: int = 800, width: int = 1344
+) -> dict[str, dict[int, float]]:
+    """Median ms per call on a batch of ``batch`` images, per assigner of CONFIGS and number of GTs."""
+    result: dict[str, dict[int, float]] = {}
+    for name, (config, per_location) in CONFIGS.items():
+        ratios = (0.5, 1.0, 2.0) if per_location == 9 else (1.0,)
+        anchors, levels = grid_anchors(feature_sizes(height, width), 8.0, ratios, per_location // len(ratios), device)
+        result[name] = {}
+        for num_gt in gts:
+            boxes, mask = random_gts(batch, num_gt, height, width, device)
+            assign(config, anchors, levels, per_location, boxes, mask)  # warm-up
+            times = []
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                assign(config, anchors, levels, per_location, boxes, mask)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            result[name][num_gt] = 1000 * statistics.median(times)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -50,24 +75,8 @@ def main() -> None:
 
     print(f"device {device}, torch {torch.__version__}, batch {args.batch} at {height}x{width}, ms per image")
     print(f"{'assigner':18s}" + "".join(f"{f'{n} GTs':>10s}" for n in args.gts))
-    for name, (config, per_location) in CONFIGS.items():
-        ratios = (0.5, 1.0, 2.0) if per_location == 9 else (1.0,)
-        anchors, levels = grid_anchors(feature_sizes(height, width), 8.0, ratios, per_location // len(ratios), device)
-        row = f"{name:18s}"
-        for num_gt in args.gts:
-            boxes, mask = random_gts(args.batch, num_gt, height, width, device)
-            assign(config, anchors, levels, per_location, boxes, mask)  # warm-up
-            times = []
-            for _ in range(args.repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                assign(config, anchors, levels, per_location, boxes, mask)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            row += f"{1000 * statistics.median(times) / args.batch:10.1f}"
-        print(row)
+    for name, per_gt in time_assigners(device, args.batch, args.gts, args.repeats, height, width).items():
+        print(f"{name:18s}" + "".join(f"{ms / args.batch:10.1f}" for ms in per_gt.values()))
 
 
 if __name__ == "__main__":

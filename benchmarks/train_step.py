@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import platform
 import statistics
 import time
@@ -28,7 +29,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from atssrepro.config import BackboneConfig, ModelConfig
 from atssrepro.model import assign
 from atssrepro.model.anchors import anchor_strides, grid_anchors
-from atssrepro.model.box_coder import DeltaCoder
 from atssrepro.model.detector import OneStageDetector
 from atssrepro.model.losses import detection_losses
 
@@ -65,6 +65,140 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def amp_context(device: torch.device, amp: str):
+    """A factory of autocast contexts for ``amp`` ("off", "bf16", "fp16") on ``device``."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype=dtype)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def compare_training_steps(
+    device: torch.device,
+    *,
+    batch: int,
+    height: int,
+    width: int,
+    boxes: int = 8,
+    steps: int = 6,
+    amp: str = "off",
+    model_config: ModelConfig | None = None,
+    with_fcos: bool = True,
+    channels_last: bool = False,
+    compile_backend: str | None = None,
+    budget_s: float = math.inf,
+) -> dict:
+    """Time ``steps`` training steps (after one warm-up) of ATSS and, if ``with_fcos``, torchvision's
+    FCOS on one random batch, alternating; also assignment + losses alone on that batch.
+
+    ``model_config`` is the ATSS model (default: R-50 from scratch); ``channels_last`` moves both
+    models and the batch to NHWC; ``compile_backend`` wraps the ATSS backbone and head in
+    ``torch.compile``. Timing stops early, after at least one timed step, once ``budget_s`` is spent.
+
+    Returns per model ``{"ms_per_step", "img_per_s", "peak_memory_gib", "steps"}`` (peak memory of a
+    step on CUDA, the other model's weights included; None on the CPU), ``"assign_loss_ms"``, its
+    ``"assign_loss_share"`` of the ATSS step, and ``"atss_over_fcos"`` (throughput ratio) with FCOS.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images, boxes_, labels = random_batch(batch, height, width, boxes, device)
+    images = images.contiguous(memory_format=memory_format)
+    sizes = torch.tensor([[height, width]] * batch, device=device)
+    mask = torch.ones(boxes_.shape[:2], dtype=torch.bool, device=device)
+    if model_config is None:
+        model_config = ModelConfig(backbone=BackboneConfig(weights=""))
+    # Random weights on both sides: speed does not depend on them, and nothing is downloaded.
+    models: dict[str, torch.nn.Module] = {
+        "atss": OneStageDetector(model_config, NUM_CLASSES).to(device, memory_format=memory_format).train()
+    }
+    if with_fcos:
+        models["fcos"] = torchvision_fcos(height, width).to(device, memory_format=memory_format).train()
+    atss = models["atss"]
+    fcos_images = [image.float() / 255 for image in images]
+    fcos_targets = [{"boxes": b, "labels": c} for b, c in zip(boxes_, labels)]
+    optimizers = {
+        name: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        for name, model in models.items()
+    }
+    autocast = amp_context(device, amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    # Compiled after the assignment inputs below are taken from the plain modules.
+    with torch.no_grad(), autocast():
+        features = atss.backbone(atss.normalize(images, sizes))
+        head_outputs = [None if t is None else t.float() for t in atss.head(features)]
+    a = model_config.anchors
+    anchors, num_per_level = grid_anchors(
+        [f.shape[-2:] for f in features], a.scale, a.aspect_ratios, a.scales_per_octave, device
+    )
+    strides = anchor_strides(num_per_level, device)
+    del features
+    if compile_backend is not None:
+        atss.backbone = torch.compile(atss.backbone, backend=compile_backend)
+        atss.head = torch.compile(atss.head, backend=compile_backend)
+
+    def step(name: str) -> None:
+        with autocast():
+            if name == "atss":
+                losses = atss(images, sizes, boxes_, labels, mask)
+            else:
+                losses = models["fcos"](fcos_images, fcos_targets)
+        optimizers[name].zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizers[name])
+        scaler.update()
+
+    def assign_and_losses() -> None:
+        leaves = [None if t is None else t.detach().requires_grad_() for t in head_outputs]
+        matched = assign.assign(model_config.assign, anchors, num_per_level, atss.anchors_per_location, boxes_, mask)
+        losses = detection_losses(
+            *leaves, anchors, strides, matched, boxes_, labels, atss.coder, model_config.loss
+        )
+        sum(losses.values()).backward()
+
+    times: dict[str, list[float]] = {name: [] for name in (*models, "assign+loss")}
+    peaks: dict[str, float | None] = dict.fromkeys(models)
+    for i in range(steps + 1):
+        for name in models:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            elapsed = timed(functools.partial(step, name), device)
+            if i > 0:
+                times[name].append(elapsed)
+                peak = peak_memory_gib(device)
+                peaks[name] = peak if peaks[name] is None else max(peaks[name], peak)
+        elapsed = timed(assign_and_losses, device)
+        if i > 0:
+            times["assign+loss"].append(elapsed)
+            if time.perf_counter() - started > budget_s:
+                break
+
+    result: dict = {}
+    for name in models:
+        seconds = statistics.median(times[name])
+        result[name] = {
+            "ms_per_step": 1000 * seconds,
+            "img_per_s": batch / seconds,
+            "peak_memory_gib": peaks[name],
+            "steps": len(times[name]),
+        }
+    result["assign_loss_ms"] = 1000 * statistics.median(times["assign+loss"])
+    result["assign_loss_share"] = result["assign_loss_ms"] / result["atss"]["ms_per_step"]
+    if with_fcos:
+        result["atss_over_fcos"] = result["atss"]["img_per_s"] / result["fcos"]["img_per_s"]
+    return result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -74,75 +208,34 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=8, help="GT boxes per image (COCO averages ~7)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model, after one warm-up")
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC models and batch")
+    parser.add_argument("--compile", default=None, metavar="BACKEND", help="torch.compile the ATSS backbone and head")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    images, boxes, labels = random_batch(args.batch, args.height, args.width, args.boxes, device)
-    sizes = torch.tensor([[args.height, args.width]] * args.batch, device=device)
-    mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=device)
-    # Random weights on both sides: speed does not depend on them, and nothing is downloaded.
-    atss = OneStageDetector(ModelConfig(backbone=BackboneConfig(weights="")), NUM_CLASSES).to(device).train()
-    fcos = torchvision_fcos(args.height, args.width).to(device).train()
-    fcos_images = [image.float() / 255 for image in images]
-    fcos_targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels)]
-    optimizers = {
-        name: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        for name, model in (("atss", atss), ("fcos", fcos))
-    }
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-
-    def step(name: str) -> None:
-        with autocast():
-            if name == "atss":
-                losses = atss(images, sizes, boxes, labels, mask)
-            else:
-                losses = fcos(fcos_images, fcos_targets)
-        optimizers[name].zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(optimizers[name])
-        scaler.update()
-
-    # Assignment + losses alone, on head outputs of this batch that are leaves of the graph.
-    with torch.no_grad(), autocast():
-        features = atss.backbone(atss.normalize(images, sizes))
-        head_outputs = [t.float() for t in atss.head(features)]
-    anchors, num_per_level = grid_anchors([f.shape[-2:] for f in features], 8.0, (1.0,), 1, device)
-    strides = anchor_strides(num_per_level, device)
-
-    def assign_and_losses() -> None:
-        leaves = [t.detach().requires_grad_() for t in head_outputs]
-        matched = assign.atss(anchors, num_per_level, 1, boxes, mask, 9)
-        losses = detection_losses(*leaves, anchors, strides, matched, boxes, labels, DeltaCoder(), ModelConfig().loss)
-        sum(losses.values()).backward()
-
-    times: dict[str, list[float]] = {"atss": [], "fcos": [], "assign+loss": []}
-    for i in range(args.steps + 1):
-        for name in ("atss", "fcos"):
-            elapsed = timed(functools.partial(step, name), device)
-            if i > 0:
-                times[name].append(elapsed)
-        elapsed = timed(assign_and_losses, device)
-        if i > 0:
-            times["assign+loss"].append(elapsed)
-
-    atss_s, fcos_s = statistics.median(times["atss"]), statistics.median(times["fcos"])
-    share = statistics.median(times["assign+loss"]) / atss_s
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    result = compare_training_steps(
+        device,
+        batch=args.batch,
+        height=args.height,
+        width=args.width,
+        boxes=args.boxes,
+        steps=args.steps,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile_backend=args.compile,
+    )
+    atss_ms, fcos_ms = result["atss"]["ms_per_step"], result["fcos"]["ms_per_step"]
     print(
-        f"device {device} ({name}), torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"device {device} ({device_name(device)}), torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
     print(
         f"batch {args.batch} at {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
-        f"median of {args.steps} steps"
+        f"channels_last {args.channels_last}, compile {args.compile}, median of {result['atss']['steps']} steps"
     )
-    print(f"atssrepro ATSS R-50  : {atss_s:8.3f} s/step  {args.batch / atss_s:7.2f} img/s")
-    print(f"torchvision FCOS R-50: {fcos_s:8.3f} s/step  {args.batch / fcos_s:7.2f} img/s")
-    print(f"throughput ratio ATSS / FCOS: {fcos_s / atss_s:.2f}x")
-    print(f"assignment + losses: {100 * share:.1f}% of the ATSS step")
+    print(f"atssrepro ATSS R-50  : {atss_ms / 1000:8.3f} s/step  {result['atss']['img_per_s']:7.2f} img/s")
+    print(f"torchvision FCOS R-50: {fcos_ms / 1000:8.3f} s/step  {result['fcos']['img_per_s']:7.2f} img/s")
+    print(f"throughput ratio ATSS / FCOS: {result['atss_over_fcos']:.2f}x")
+    print(f"assignment + losses: {100 * result['assign_loss_share']:.1f}% of the ATSS step")
 
 
 if __name__ == "__main__":
