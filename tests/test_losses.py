@@ -120,3 +120,61 @@ def test_smooth_l1_and_no_centerness_variants():
     assert smooth["reg"].item() == pytest.approx(2.0 * expected.item(), rel=1e-5)  # reg_weight 2.0
     giou = losses_of(cls, reg, None, anchors, strides, matched, boxes, labels)
     assert "centerness" not in giou and giou["reg"] > 0
+
+
+def selected_positives_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config):
+    """The losses computed on the positives alone, as gathered by boolean indexing: the oracle
+    for :func:`detection_losses`, which weights every anchor instead (no host sync)."""
+    positive = matched >= 0
+    targets = torch.zeros_like(cls)
+    targets[positive, labels.gather(1, matched.clamp(min=0))[positive]] = 1.0
+    from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+    cls_loss = sigmoid_focal_loss(cls, targets, config.focal_alpha, config.focal_gamma, reduction="none")
+    cls_loss = cls_loss * (matched != IGNORE).unsqueeze(-1)
+    b, a = positive.nonzero(as_tuple=True)
+    gt = boxes[b, matched[b, a]]
+    ctr_targets = centerness_target((anchors[a, :2] + anchors[a, 2:]) / 2, gt)
+    weights = ctr_targets if ctr is not None else torch.ones_like(ctr_targets)
+    num_pos = positive.sum().clamp(min=1)
+    if config.regression == "giou":
+        giou = generalized_box_iou_loss(coder.decode(anchors[a], strides[a], reg[b, a]), gt, reduction="none", eps=1e-7)
+        reg_loss = (giou * weights).sum() / (weights.sum() if weights.sum() > 0 else 1.0)
+    else:
+        encoded = coder.encode(anchors[a], strides[a], gt)
+        reg_loss = torch.nn.functional.smooth_l1_loss(reg[b, a], encoded, beta=config.smooth_l1_beta, reduction="sum")
+        reg_loss = reg_loss / (4 * num_pos)
+    losses = {"cls": cls_loss.sum() / num_pos, "reg": config.reg_weight * reg_loss}
+    if ctr is not None:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(ctr[b, a], ctr_targets, reduction="sum")
+        losses["centerness"] = bce / num_pos
+    return losses
+
+
+@pytest.mark.parametrize(
+    "regression, coder, centerness",
+    [("giou", DeltaCoder(), True), ("giou", PointCoder(), True), ("giou", DeltaCoder(), False),
+     ("smooth_l1", DeltaCoder(), False)],
+)  # fmt: skip
+def test_losses_over_all_anchors_equal_the_losses_of_the_selected_positives(regression, coder, centerness):
+    gts = [[[10, 20, 90, 70], [40, 40, 120, 120], [0, 0, 30, 30]], [], [[60, 10, 100, 50]]]
+    anchors, strides, matched, boxes, labels = setup(gts)
+    generator = torch.Generator().manual_seed(1)
+    matched[0, torch.randperm(matched.shape[1], generator=generator)[:40]] = IGNORE
+    n = anchors.shape[0]
+    cls = (torch.randn(3, n, 3, generator=generator) - 2).requires_grad_()
+    reg = torch.randn(3, n, 4, generator=generator).abs().mul(0.5).requires_grad_()
+    ctr = torch.randn(3, n, generator=generator).requires_grad_() if centerness else None
+    config = LossConfig(regression=regression)
+    inputs = [t for t in (cls, reg, ctr) if t is not None]
+
+    ours = detection_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config)
+    oracle = selected_positives_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config)
+    assert set(ours) == set(oracle)
+    for key in ours:
+        assert ours[key].item() == pytest.approx(oracle[key].item(), rel=1e-5)
+    our_grads = torch.autograd.grad(sum(ours.values()), inputs)
+    oracle_grads = torch.autograd.grad(sum(oracle.values()), inputs)
+    for mine, theirs in zip(our_grads, oracle_grads):
+        assert torch.isfinite(mine).all()
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)

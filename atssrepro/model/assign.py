@@ -146,15 +146,17 @@ def atss(
     positive &= gt_mask[..., None]
 
     # Resolve anchors claimed by several GTs: per anchor, the highest IoU among its positive
-    # pairs wins; among equal IoUs, the lowest GT index.
-    b, g, k = positive.nonzero(as_tuple=True)
-    flat_anchor = b * num_anchors + candidates[b, g, k]
-    ious = candidate_ious[b, g, k]
-    best = torch.full((batch * num_anchors,), float("-inf"), device=anchors.device)
+    # pairs wins; among equal IoUs, the lowest GT index. Over all (image, GT, candidate) triples,
+    # the others masked, so that no nonzero() makes the host wait for the GPU.
+    device = anchors.device
+    flat_anchor = (torch.arange(batch, device=device)[:, None, None] * num_anchors + candidates).flatten()
+    ious = candidate_ious.masked_fill(~positive, float("-inf")).flatten()
+    best = torch.full((batch * num_anchors,), float("-inf"), device=device)
     best = best.scatter_reduce(0, flat_anchor, ious, "amax")
-    wins = ious == best[flat_anchor]
-    chosen = torch.full((batch * num_anchors,), num_gt, dtype=torch.long, device=anchors.device)
-    chosen = chosen.scatter_reduce(0, flat_anchor[wins], g[wins], "amin")
+    wins = positive.flatten() & (ious == best[flat_anchor])
+    gt_of_pair = torch.arange(num_gt, device=device)[None, :, None].expand_as(candidates).flatten()
+    chosen = torch.full((batch * num_anchors,), num_gt, dtype=torch.long, device=device)
+    chosen = chosen.scatter_reduce(0, flat_anchor, torch.where(wins, gt_of_pair, num_gt), "amin")
     return torch.where(chosen < num_gt, chosen, BACKGROUND).view(batch, num_anchors)
 
 

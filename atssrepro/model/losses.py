@@ -19,14 +19,14 @@ def centerness_target(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor
     """FCOS centerness of each point in its box: sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)).
 
     Args:
-        points: [P, 2] (x, y), inside ``boxes``.
-        boxes: [P, 4] xyxy.
+        points: [..., 2] (x, y), inside ``boxes``.
+        boxes: [..., 4] xyxy, broadcastable with ``points``.
 
     Returns:
-        [P] in [0, 1]; a point outside its box (possible with IoU assignment) gets 0.
+        [...] in [0, 1]; a point outside its box (possible with IoU assignment) gets 0.
     """
-    left, top = points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1]
-    right, bottom = boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]
+    left, top = points[..., 0] - boxes[..., 0], points[..., 1] - boxes[..., 1]
+    right, bottom = boxes[..., 2] - points[..., 0], boxes[..., 3] - points[..., 1]
     lr = torch.minimum(left, right) / torch.maximum(left, right)
     tb = torch.minimum(top, bottom) / torch.maximum(top, bottom)
     return torch.sqrt((lr * tb).clamp(min=0))
@@ -62,25 +62,24 @@ def detection_losses(
     Returns:
         ``{"cls", "reg"}`` and ``"centerness"`` when the branch exists: scalar float32 tensors.
     """
+    # Every anchor is computed and the others weighted 0: selecting the positives (boolean
+    # indexing, nonzero, any) would make the host wait for the GPU in every step.
     cls_logits, box_regression = cls_logits.float(), box_regression.float()
+    num_classes = cls_logits.shape[-1]
     positive = matched >= 0  # [B, N]
     gt_index = matched.clamp(min=0)
     if gt_boxes.shape[1] == 0:  # no GT at all: give gather a dummy column that no positive uses
         gt_boxes, gt_labels = gt_boxes.new_zeros(len(gt_boxes), 1, 4), gt_labels.new_zeros(len(gt_labels), 1)
 
-    labels = gt_labels.gather(1, gt_index)  # [B, N]
-    cls_targets = torch.zeros_like(cls_logits)
-    cls_targets[positive, labels[positive]] = 1.0
+    labels = torch.where(positive, gt_labels.gather(1, gt_index), num_classes)  # [B, N]; background = C
+    cls_targets = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(cls_logits.dtype)
     cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, config.focal_alpha, config.focal_gamma, reduction="none")
-    if (matched == IGNORE).any():
-        cls_loss = cls_loss * (matched != IGNORE).unsqueeze(-1)
+    cls_loss = cls_loss * (matched != IGNORE).unsqueeze(-1)
 
-    batch_index, anchor_index = positive.nonzero(as_tuple=True)
-    pos_anchors, pos_strides = anchors[anchor_index], strides[anchor_index]  # [P, 4], [P]
-    pos_gt = gt_boxes[batch_index, gt_index[batch_index, anchor_index]]  # [P, 4]
-    pos_regression = box_regression[batch_index, anchor_index]
-    ctr_targets = centerness_target(box_centres(pos_anchors), pos_gt)
-    reg_weights = ctr_targets if centerness is not None else torch.ones_like(ctr_targets)
+    matched_gt = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, 4))  # [B, N, 4]
+    # Where() keeps the NaN of degenerate (anchor, non-matched box) pairs out of the targets.
+    ctr_targets = torch.where(positive, centerness_target(box_centres(anchors), matched_gt), 0.0)  # [B, N]
+    reg_weights = ctr_targets if centerness is not None else positive.float()
 
     totals = distributed.all_reduce_mean(torch.stack([positive.sum().float(), reg_weights.sum()]))
     num_pos = totals[0].clamp(min=1.0)
@@ -88,17 +87,19 @@ def detection_losses(
 
     if config.regression == "giou":
         # Decoded boxes have positive width and height (exp of deltas, or ReLU'd distances).
-        pred_boxes = coder.decode(pos_anchors, pos_strides, pos_regression)
-        giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none", eps=GIOU_EPS)
+        pred_boxes = coder.decode(anchors, strides, box_regression)  # [B, N, 4]
+        giou = generalized_box_iou_loss(pred_boxes, matched_gt, reduction="none", eps=GIOU_EPS)
         reg_loss = (giou * reg_weights).sum() / weight_sum
     else:
-        targets = coder.encode(pos_anchors, pos_strides, pos_gt)
-        smooth_l1 = F.smooth_l1_loss(pos_regression, targets, beta=config.smooth_l1_beta, reduction="sum")
-        reg_loss = smooth_l1 / (4 * num_pos)
+        # Encoding a non-matched box can give -inf (log of a zero width): zero targets instead.
+        targets = torch.where(positive.unsqueeze(-1), coder.encode(anchors, strides, matched_gt), 0.0)
+        smooth_l1 = F.smooth_l1_loss(box_regression, targets, beta=config.smooth_l1_beta, reduction="none")
+        reg_loss = (smooth_l1 * positive.unsqueeze(-1)).sum() / (4 * num_pos)
 
     losses = {"cls": cls_loss.sum() / num_pos, "reg": config.reg_weight * reg_loss}
     if centerness is not None:
-        pos_centerness = centerness.float()[batch_index, anchor_index]
-        ctr_loss = F.binary_cross_entropy_with_logits(pos_centerness, ctr_targets, reduction="sum")
+        ctr_loss = F.binary_cross_entropy_with_logits(
+            centerness.float(), ctr_targets, weight=positive.float(), reduction="sum"
+        )
         losses["centerness"] = ctr_loss / num_pos
     return losses
