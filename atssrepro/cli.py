@@ -221,6 +221,9 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
     force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
+    gpu_type: str | None = typer.Option(
+        None, help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's)."
+    ),
     executor: ExecutorName = typer.Option(
         ExecutorName.local, "--executor", "-e", help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster."
     ),
@@ -246,7 +249,9 @@ def run(
 
     runs = plan(load_specs(tables), preset, rows, seeds, data)
     if dry_run:
-        print_plan(runs, as_json)
+        from atssrepro.harness.throughput import local_device
+
+        print_plan(runs, as_json, gpu_type or local_device())
         return
     store = Store(results)
     if executor is ExecutorName.local:
@@ -287,7 +292,9 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(runs: list, as_json: bool) -> None:
+def print_plan(runs: list, as_json: bool, device: str) -> None:
+    from atssrepro.harness.throughput import cost_line, device_hours
+
     if as_json:
         for run in runs:
             line = {
@@ -298,6 +305,8 @@ def print_plan(runs: list, as_json: bool) -> None:
                 "tta": run.tta,
                 "config_diff": run.diff,
                 "cost_images": run.cost,
+                "device": device,
+                "device_hours": device_hours(run.cost, device) if run.preset == "paper" else None,
             }
             print(json.dumps(line))
         return
@@ -306,7 +315,9 @@ def print_plan(runs: list, as_json: bool) -> None:
         diff = "\n".join(f"{k}={v}" for k, v in run.diff.items()) or "(base)"
         table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, f"{run.cost:,}")
     stdout.print(table)
-    stdout.print(f"total: {sum(r.cost for r in runs):,} training images", highlight=False)
+    total = sum(r.cost for r in runs)
+    stdout.print(f"total: {total:,} training images", highlight=False)
+    stdout.print(cost_line(total, device, runs[0].preset if runs else "paper"), highlight=False)
 
 
 @app.command("list")

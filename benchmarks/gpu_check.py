@@ -12,8 +12,9 @@ Steps, in the order they run (numbers are the issue's measurement groups):
   4_bf16_vs_fp32    the first iterations' losses of bf16 AMP and fp32 runs from the same start
   3_inference       images/s at 800x1333, batch 1 and 8, with post-processing; multi-scale + flip ms/image
   5_assigners       every assigner on 16 images x 100 GTs (ms per batch)
-  6_coco_eval       COCO evaluation of a val2017-sized synthetic result set, pycocotools and faster-coco-eval;
-                    it needs no GPU and runs from the start in a process of its own, beside the others
+  6_coco_eval       COCO evaluation of a val2017-sized synthetic result set, pycocotools and faster-coco-eval
+  data_pipeline     images/s of one DataLoader worker at the paper's training size (decode, resize, flip)
+The last two need no GPU: they run from the start in a process of their own, beside the others.
 
 First, packages the GPU machine lacks (pycocotools, faster-coco-eval, submitit, tomli_w) are installed
 from the wheels in .whl/ (benchmarks/download_wheels.sh); a missing one stops the script, naming it.
@@ -172,8 +173,9 @@ GPU = Sizes(
         "4_bf16_vs_fp32": 25,
         "3_inference": 40,
         "5_assigners": 20,
-        # Beside the GPU steps, in its own process: pycocotools alone takes about a minute.
+        # Beside the GPU steps, one after the other in a process of their own.
         "6_coco_eval": 240,
+        "data_pipeline": 60,
     },
 )
 
@@ -225,6 +227,7 @@ CPU = Sizes(
         "3_inference": 60,
         "5_assigners": 30,
         "6_coco_eval": 30,
+        "data_pipeline": 30,
     },
 )
 
@@ -532,6 +535,40 @@ def step_assigners(ctx: Context, record: dict, budget: float) -> None:
     )
 
 
+def step_data_pipeline(ctx: Context, record: dict, budget: float) -> None:
+    import torch
+
+    from atssrepro import config as cfg
+    from atssrepro.data.batch import batch_loader
+    from atssrepro.data.coco import CocoDetection, SampleSpec
+
+    root = ctx.synthetic_dataset()
+    data = dataclasses.replace(cfg.Config().data, root=str(root))
+    dataset = CocoDetection(
+        cfg.data_path(data, data.train_ann), cfg.data_path(data, data.train_images), train=True, max_size=data.max_size
+    )
+    short_side = ctx.sizes.train_overrides["data"].get("train_short_side", data.train_short_side)[0]
+    batch = 2
+    batches = [[SampleSpec(i, short_side, i % 2 == 1, data.max_size) for i in range(start, start + batch)]
+               for start in range(0, len(dataset) - batch + 1, batch)]  # fmt: skip
+    # No worker process: this is what one DataLoader worker delivers (decode, resize, flip, collate).
+    loader = batch_loader(dataset, batches, 0, data.size_divisible, torch.device("cpu"))
+    started, images = time.perf_counter(), 0
+    for loaded in loader:
+        images += len(loaded.image_ids)
+        if time.perf_counter() - started > 0.5 * budget:
+            break
+    seconds = time.perf_counter() - started
+    record.update(
+        short_side=short_side,
+        max_size=data.max_size,
+        original_sides=list(ctx.sizes.synth_sides),
+        images=images,
+        img_per_s_per_worker=images / seconds,
+        padded_size=list(loaded.images.shape[-2:]),
+    )
+
+
 def synthetic_results(num_images: int, seed: int = 0) -> tuple[dict, list[dict]]:
     """A COCO annotation dict shaped like val2017 (about 7.3 boxes per image, 80 classes) and 100
     detections per image: jittered copies of the boxes and random ones, random scores."""
@@ -589,7 +626,7 @@ def step_coco_eval(ctx: Context, record: dict, budget: float) -> None:
 
 
 # Steps that need no GPU run in a process of their own, beside the GPU steps, from the start.
-CPU_SIDE_STEPS = ("6_coco_eval",)
+CPU_SIDE_STEPS = ("6_coco_eval", "data_pipeline")
 
 STEPS: dict[str, Callable[[Context, dict, float], None]] = {
     "1_train_step": step_train,
@@ -600,6 +637,7 @@ STEPS: dict[str, Callable[[Context, dict, float], None]] = {
     "3_inference": step_inference,
     "5_assigners": step_assigners,
     "6_coco_eval": step_coco_eval,
+    "data_pipeline": step_data_pipeline,
 }
 
 
@@ -788,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_outputs(args.out, figures)
     for name, future in futures.items():
         try:
-            # The child keeps its own budget; this margin covers its start-up.
-            figures["steps"][name] = future.result(timeout=sizes.budgets[name] + 120)
+            # The child keeps each step's budget; this margin covers its start-up.
+            figures["steps"][name] = future.result(timeout=sum(sizes.budgets[n] for n in cpu_side) + 120)
         except Exception as e:  # noqa: BLE001 - a child that died or hung is a failed step
             figures["steps"][name] = {
                 "status": "FAILED",

@@ -18,6 +18,7 @@ import math
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 import torchvision
@@ -101,7 +102,8 @@ def compare_training_steps(
 
     Returns per model ``{"ms_per_step", "img_per_s", "peak_memory_gib", "steps"}`` (peak memory of a
     step on CUDA, the other model's weights included; None on the CPU), ``"assign_loss_ms"``, its
-    ``"assign_loss_share"`` of the ATSS step, and ``"atss_over_fcos"`` (throughput ratio) with FCOS.
+    ``"assign_loss_share"`` of the ATSS step, ``"atss_over_fcos"`` (throughput ratio) with FCOS, and
+    ``"atss_host_syncs_per_step"`` (CUDA only: how often one ATSS step waits for the GPU).
     """
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -177,7 +179,7 @@ def compare_training_steps(
             if time.perf_counter() - started > budget_s:
                 break
 
-    result: dict = {}
+    result: dict = {"atss_host_syncs_per_step": count_host_syncs(functools.partial(step, "atss"), device)}
     for name in models:
         seconds = statistics.median(times[name])
         result[name] = {
@@ -191,6 +193,20 @@ def compare_training_steps(
     if with_fcos:
         result["atss_over_fcos"] = result["atss"]["img_per_s"] / result["fcos"]["img_per_s"]
     return result
+
+
+def count_host_syncs(function, device: torch.device) -> int | None:
+    """How many times ``function`` makes the host wait for the GPU (CUDA's sync debug mode); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            function()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def device_name(device: torch.device) -> str:
@@ -236,6 +252,8 @@ def main() -> None:
     print(f"torchvision FCOS R-50: {fcos_ms / 1000:8.3f} s/step  {result['fcos']['img_per_s']:7.2f} img/s")
     print(f"throughput ratio ATSS / FCOS: {result['atss_over_fcos']:.2f}x")
     print(f"assignment + losses: {100 * result['assign_loss_share']:.1f}% of the ATSS step")
+    if result["atss_host_syncs_per_step"] is not None:
+        print(f"host syncs in one ATSS step: {result['atss_host_syncs_per_step']}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def test_cpu_mode_runs_every_step_and_writes_figures(tmp_path):
     inference = steps["3_inference"]["figures"]
     assert inference["model"].startswith("trained") and inference["tta"]["passes"] == 6
     assert len(steps["5_assigners"]["figures"]["ms_per_batch"]) == 7
+    pipeline = steps["data_pipeline"]["figures"]
+    assert pipeline["images"] == 8 and pipeline["img_per_s_per_worker"] > 0 and pipeline["short_side"] == 128
     coco = steps["6_coco_eval"]["figures"]
     assert coco["pycocotools"]["AP"] == pytest.approx(coco["faster-coco-eval"]["AP"], abs=1e-3)
 
