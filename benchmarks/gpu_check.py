@@ -118,6 +118,7 @@ class Sizes:
     infer_batches: tuple[int, ...]
     infer_repeats: int
     tta_images: int
+    tta_test_size: tuple[int, int]  # data.test_short_side and data.max_size of the normal pass
     tta_scales: tuple[int, ...]
     synth_train: int
     synth_val: int
@@ -141,18 +142,21 @@ GPU = Sizes(
     infer_batches=(1, 8),
     infer_repeats=5,
     tta_images=4,
+    tta_test_size=(800, 1333),
     tta_scales=(400, 500, 600, 640, 700, 900, 1000, 1100, 1200, 1300, 1400, 1800),
     synth_train=160,
     synth_val=50,
     # COCO-like originals (long side 640), resized to the paper's short side 800 by the dataset.
     synth_sides=(427, 640),
+    # The model of the demo preset (ResNet-18 from scratch): without ImageNet weights, which cannot
+    # reach the device, R-50 with frozen BatchNorm is unstable at the recipe's learning rate.
     train_overrides={
-        "model": {"backbone": {"weights": ""}},
         "data": {"num_workers": 8},
         "train": {
             "batch_size": 8,
             "iterations": 200,
             "amp": "bf16",
+            "base_lr": 0.04,
             "warmup_iters": 50,
             "lr_steps": [160],
             "log_every": 20,
@@ -166,8 +170,9 @@ GPU = Sizes(
     assign_gts=100,
     eval_images=5000,
     budgets={
-        "1_train_step": 100,
-        "1_speed_options": 75,
+        "1_train_step": 90,
+        # torch.compile (inductor) of R-50-FPN + head, forward and backward, takes a minute or two.
+        "1_speed_options": 130,
         "2_variants": 40,
         "4_training": 100,
         "4_bf16_vs_fp32": 25,
@@ -190,17 +195,13 @@ CPU = Sizes(
     infer_batches=(1, 2),
     infer_repeats=1,
     tta_images=2,
+    tta_test_size=(128, 192),
     tta_scales=(96, 160),
     synth_train=8,
     synth_val=4,
     synth_sides=(96, 128),
     train_overrides={
-        "model": {
-            "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5},
-            "fpn_channels": 64,
-            "head": {"channels": 64, "convs": 2},
-        },
-        "data": {"train_short_side": [128, 128], "test_short_side": 128, "max_size": 192, "num_workers": 0},
+        "data": {"train_short_side": [128, 128], "test_short_side": 128, "max_size": 192, "num_workers": 1},
         "train": {
             "batch_size": 2,
             "iterations": 20,
@@ -211,7 +212,7 @@ CPU = Sizes(
             "log_every": 5,
             "checkpoint_every": 20,
         },
-        "eval": {"batch_size": 2},
+        "eval": {"batch_size": 2, "backend": "faster-coco-eval"},
     },
     agree_batch=1,
     agree_iters=2,
@@ -236,13 +237,12 @@ BF16_TOLERANCE = 0.05
 
 
 class Context:
-    """What the steps share: device, sizes, a scratch folder, and the model step 4 trains."""
+    """What the steps share: device, sizes, a scratch folder and the synthetic dataset."""
 
     def __init__(self, device, sizes: Sizes, workdir: Path) -> None:
         self.device = device
         self.sizes = sizes
         self.workdir = workdir
-        self.trained: tuple | None = None  # (model, config) after 4_training
         self.synth_root: Path | None = None
 
     def synthetic_dataset(self) -> Path:
@@ -267,13 +267,13 @@ def free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
-def guarded(record: dict, key: str, measure: Callable[[], dict], device) -> None:
-    """``record[key] = measure()``; an out-of-memory error is recorded there instead of raised."""
+def guarded(record: dict, key: str, device, measure: Callable[..., dict], /, **kwargs) -> None:
+    """``record[key] = measure(**kwargs)``; an out-of-memory error is recorded there instead of raised."""
     import torch
 
     try:
-        record[key] = measure()
-    except torch.OutOfMemoryError:
+        record[key] = measure(**kwargs)
+    except torch.cuda.OutOfMemoryError:
         record[key] = {"error": "out of memory"}
     finally:
         free_memory(device)
@@ -288,14 +288,11 @@ def step_train(ctx: Context, record: dict, budget: float) -> None:
     started = time.perf_counter()
     for index, (batch, amp) in enumerate(configs):
         share = (budget - (time.perf_counter() - started)) / (len(configs) - index)
+        key = f"batch{batch}_{'bf16' if amp == 'bf16' else 'fp32'}"
         guarded(
-            record,
-            f"batch{batch}_{'bf16' if amp == 'bf16' else 'fp32'}",
-            lambda: compare_training_steps(
-                ctx.device, batch=batch, height=height, width=width, steps=s.steps, amp=amp, budget_s=0.6 * share
-            ),
-            ctx.device,
-        )
+            record, key, ctx.device, compare_training_steps, device=ctx.device, batch=batch, height=height,
+            width=width, steps=s.steps, amp=amp, budget_s=0.6 * share,
+        )  # fmt: skip
 
 
 def step_speed_options(ctx: Context, record: dict, budget: float) -> None:
@@ -310,21 +307,9 @@ def step_speed_options(ctx: Context, record: dict, budget: float) -> None:
     }
     for name, option in options.items():
         guarded(
-            record,
-            name,
-            lambda: compare_training_steps(
-                ctx.device,
-                batch=s.option_batch,
-                height=height,
-                width=width,
-                steps=s.steps,
-                amp="bf16",
-                with_fcos=False,
-                budget_s=0.15 * budget,
-                **option,
-            ),
-            ctx.device,
-        )
+            record, name, ctx.device, compare_training_steps, device=ctx.device, batch=s.option_batch,
+            height=height, width=width, steps=s.steps, amp="bf16", with_fcos=False, budget_s=0.15 * budget, **option,
+        )  # fmt: skip
     plain = record["plain"].get("atss", {}).get("img_per_s")
     for name in options:
         speed = record[name].get("atss", {}).get("img_per_s")
@@ -342,26 +327,17 @@ def step_variants(ctx: Context, record: dict, budget: float) -> None:
     backbone = BackboneConfig(weights="")
     variants = {
         "plain": ModelConfig(backbone=backbone),
-        "anchors9": ModelConfig(backbone=backbone, anchors=AnchorConfig(aspect_ratios=(0.5, 1.0, 2.0), scales_per_octave=3)),
+        "anchors9": ModelConfig(
+            backbone=backbone, anchors=AnchorConfig(aspect_ratios=(0.5, 1.0, 2.0), scales_per_octave=3)
+        ),
         "dcnv2": ModelConfig(backbone=dataclasses.replace(backbone, dcn=True), head=HeadConfig(dcn=True)),
     }
     for name, model_config in variants.items():
         guarded(
-            record,
-            name,
-            lambda: compare_training_steps(
-                ctx.device,
-                batch=s.option_batch,
-                height=height,
-                width=width,
-                steps=s.steps,
-                amp="bf16",
-                model_config=model_config,
-                with_fcos=False,
-                budget_s=0.2 * budget,
-            ),
-            ctx.device,
-        )
+            record, name, ctx.device, compare_training_steps, device=ctx.device, batch=s.option_batch,
+            height=height, width=width, steps=s.steps, amp="bf16", model_config=model_config, with_fcos=False,
+            budget_s=0.2 * budget,
+        )  # fmt: skip
     plain = record["plain"].get("atss", {}).get("img_per_s")
     for name in variants:
         speed = record[name].get("atss", {}).get("img_per_s")
@@ -378,7 +354,11 @@ def step_training(ctx: Context, record: dict, budget: float) -> None:
 
     s = ctx.sizes
     root = ctx.synthetic_dataset()
-    overrides = {**s.train_overrides, "data": {**s.train_overrides["data"], "root": str(root)}}
+    overrides = {
+        "model": cfg.PRESETS["demo"]["model"],
+        **s.train_overrides,
+        "data": {**s.train_overrides["data"], "root": str(root)},
+    }
     config = cfg.apply(cfg.Config(), overrides, "gpu_check")
     cfg.check_consistency(config)
     run = RunDir(ctx.workdir / "run")
@@ -389,6 +369,8 @@ def step_training(ctx: Context, record: dict, budget: float) -> None:
     losses = [entry["loss"] for entry in log]
     t = config.train
     record.update(
+        model=f"the demo preset's: {config.model.backbone.name} from scratch, FPN {config.model.fpn_channels} "
+        f"channels, head {config.model.head.convs} x {config.model.head.channels}",
         iterations=t.iterations,
         batch=t.batch_size,
         amp=t.amp if ctx.device.type == "cuda" else "off (autocast is CUDA-only in training)",
@@ -404,18 +386,15 @@ def step_training(ctx: Context, record: dict, budget: float) -> None:
     )
     record["finite"] = all(math.isfinite(v) for v in losses)
     record["loss_fell"] = losses[-1] < losses[0]
-    from atssrepro.engine.run import model_from_checkpoint
-
-    ctx.trained = model_from_checkpoint(run.checkpoint_path, ctx.device)
     if not (record["finite"] and record["loss_fell"]):
         raise AssertionError(f"the loss did not fall without NaN: {losses}")
 
 
 def step_bf16_agreement(ctx: Context, record: dict, budget: float) -> None:
     import torch
-    from train_step import NUM_CLASSES, random_batch
+    from train_step import NUM_CLASSES, amp_context, random_batch
 
-    from atssrepro.config import BackboneConfig, ModelConfig
+    from atssrepro.config import BackboneConfig, ModelConfig, TrainConfig
     from atssrepro.model.detector import OneStageDetector
 
     s = ctx.sizes
@@ -430,11 +409,14 @@ def step_bf16_agreement(ctx: Context, record: dict, budget: float) -> None:
         for amp in ("fp32", "bf16"):
             torch.manual_seed(0)
             model = OneStageDetector(ModelConfig(backbone=BackboneConfig(weights="")), NUM_CLASSES).to(ctx.device)
-            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
-            autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+            # The recipe's first iterations: base lr scaled to the batch, times the warmup factor.
+            t = TrainConfig()
+            lr = t.base_lr * s.agree_batch / 16 * t.warmup_factor
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=t.momentum)
+            autocast = amp_context(ctx.device, "bf16" if amp == "bf16" else "off")
             losses = []
             for _ in range(s.agree_iters):
-                with autocast:
+                with autocast():
                     loss_dict = model(images, sizes, boxes, labels, mask)
                 loss = sum(loss_dict.values())
                 optimizer.zero_grad(set_to_none=True)
@@ -452,6 +434,7 @@ def step_bf16_agreement(ctx: Context, record: dict, budget: float) -> None:
         size=[height, width],
         losses=runs,
         relative_difference=differences,
+        lr=lr,
         tolerance=BF16_TOLERANCE,
         agree=max(differences) <= BF16_TOLERANCE,
     )
@@ -459,10 +442,27 @@ def step_bf16_agreement(ctx: Context, record: dict, budget: float) -> None:
         raise AssertionError(f"bf16 and fp32 losses differ by {max(differences):.3f} > {BF16_TOLERANCE} of fp32")
 
 
+def time_inference(model, images, sizes, amp: str, repeats: int) -> dict:
+    """ms per image and images/s of ``model`` detecting on ``images`` (median of ``repeats`` after a
+    warm-up), and how many detections per image its post-processing kept."""
+    import torch
+    from train_step import amp_context, timed
+
+    autocast = amp_context(images.device, amp)
+
+    def infer() -> list:
+        with torch.inference_mode(), autocast():
+            return model(images, sizes)
+
+    kept = sum(len(detections.scores) for detections in infer())
+    seconds = statistics.median(timed(infer, images.device) for _ in range(repeats))
+    return {"ms_per_image": 1000 * seconds / len(images), "img_per_s": len(images) / seconds, "detections": kept}
+
+
 def step_inference(ctx: Context, record: dict, budget: float) -> None:
     import torch
     from rich.console import Console
-    from train_step import NUM_CLASSES, random_batch, timed
+    from train_step import NUM_CLASSES, random_batch
 
     from atssrepro import config as cfg
     from atssrepro.config import BackboneConfig, ModelConfig
@@ -471,14 +471,9 @@ def step_inference(ctx: Context, record: dict, budget: float) -> None:
     from atssrepro.model.detector import OneStageDetector
 
     s = ctx.sizes
-    if ctx.trained is not None:
-        model, config = ctx.trained
-        record["model"] = "trained by 4_training (detections as after training)"
-    else:
-        config = cfg.apply(cfg.Config(), s.train_overrides, "gpu_check")
-        model = OneStageDetector(ModelConfig(backbone=BackboneConfig(weights="")), NUM_CLASSES).to(ctx.device)
-        record["model"] = "random weights (4_training failed): few detections pass the score threshold"
-    model.eval()
+    model_config = ModelConfig(backbone=BackboneConfig(weights=""))
+    record["model"] = "ATSS R-50-FPN, random weights: few detections pass the score threshold, then all of them"
+    model = OneStageDetector(model_config, NUM_CLASSES).to(ctx.device).eval()
     height, width = s.infer_hw
     padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
     record["size"] = [height, width]
@@ -486,37 +481,51 @@ def step_inference(ctx: Context, record: dict, budget: float) -> None:
         images = random_batch(batch, padded[0], padded[1], 1, ctx.device)[0]
         sizes = torch.tensor([[height, width]] * batch, device=ctx.device)
         for amp in ("fp32", "bf16"):
-            autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+            guarded(
+                record, f"batch{batch}_{amp}", ctx.device, time_inference, model=model, images=images, sizes=sizes,
+                amp="off" if amp == "fp32" else amp, repeats=s.infer_repeats,
+            )  # fmt: skip
+    # Every score above the threshold: the post-processing works at its caps (pre-NMS top-k per
+    # level, NMS, 100 per image), an upper bound of what a trained model costs.
+    with torch.no_grad():
+        model.head.cls_logits.bias.fill_(0.0)
+    for batch in s.infer_batches:
+        images = random_batch(batch, padded[0], padded[1], 1, ctx.device)[0]
+        sizes = torch.tensor([[height, width]] * batch, device=ctx.device)
+        guarded(
+            record, f"batch{batch}_bf16_postprocessing_at_caps", ctx.device, time_inference, model=model,
+            images=images, sizes=sizes, amp="bf16", repeats=s.infer_repeats,
+        )  # fmt: skip
+    del model
+    free_memory(ctx.device)
 
-            def infer() -> None:
-                with torch.inference_mode(), autocast:
-                    model(images, sizes)
-
-            def measure() -> dict:
-                infer()  # warm-up
-                seconds = statistics.median(timed(infer, ctx.device) for _ in range(s.infer_repeats))
-                return {"ms_per_image": 1000 * seconds / batch, "img_per_s": batch / seconds}
-
-            guarded(record, f"batch{batch}_{amp}", measure, ctx.device)
-
-    root = ctx.synthetic_dataset()
-    data = dataclasses.replace(config.data, root=str(root))
-    eval_config = dataclasses.replace(config.eval, batch_size=1)
-    config = dataclasses.replace(config, data=dataclasses.replace(data, num_workers=0), eval=eval_config)
+    # TTA on real images: the paper's test sizes and passes, a random R-50 for this dataset's classes.
+    short_side, max_size = s.tta_test_size
+    data = dataclasses.replace(
+        cfg.Config().data,
+        root=str(ctx.synthetic_dataset()),
+        num_workers=0,
+        test_short_side=short_side,
+        max_size=max_size,
+    )
+    config = dataclasses.replace(cfg.Config(), data=data, eval=dataclasses.replace(cfg.Config().eval, batch_size=1))
     dataset = CocoDetection(
         cfg.data_path(data, data.val_ann), cfg.data_path(data, data.val_images), train=False, max_size=data.max_size
     )
     dataset.image_ids = dataset.image_ids[: s.tta_images]
-    scales = s.tta_scales
+    model = OneStageDetector(model_config, dataset.num_classes).to(ctx.device).eval()
+    with torch.no_grad():
+        model.head.cls_logits.bias.fill_(0.0)  # at the caps, as above: merging has work to do
     default = TTAConfig()
-    tta = TTAConfig(scales=scales, scale_ranges=default.scale_ranges[: len(scales)])
+    tta = TTAConfig(scales=s.tta_scales, scale_ranges=default.scale_ranges[: len(s.tta_scales)])
     started = time.perf_counter()
     detections = predict_tta(model, dataset, config, tta, ctx.device, Console(file=io.StringIO()))
     seconds = time.perf_counter() - started
     record["tta"] = {
         "images": len(dataset),
-        "passes": 2 * (1 + len(scales)),
+        "passes": 2 * (1 + len(tta.scales)),
         "ms_per_image": 1000 * seconds / len(dataset),
+        "postprocessing": "at its caps",
         "detections": len(detections),
         "amp": config.train.amp,
     }
@@ -596,11 +605,18 @@ def synthetic_results(num_images: int, seed: int = 0) -> tuple[dict, list[dict]]
             )
         jitter = rng.normal(1.0, 0.1, size=(count, 4))
         boxes = np.concatenate([xy, wh], axis=1) * jitter
-        random = np.concatenate([rng.uniform(0, [560, 400], (100 - count, 2)), rng.uniform(8, 200, (100 - count, 2))], 1)
+        random = np.concatenate(
+            [rng.uniform(0, [560, 400], (100 - count, 2)), rng.uniform(8, 200, (100 - count, 2))], 1
+        )
         labels = np.concatenate([classes, rng.integers(1, 81, size=100 - count)])
         for box, label, score in zip(np.concatenate([boxes, random]), labels, rng.uniform(0.05, 1.0, size=100)):
             detections.append(
-                {"image_id": image_id, "category_id": int(label), "bbox": [float(v) for v in box], "score": float(score)}
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
             )
     return {"images": images, "annotations": annotations, "categories": categories}, detections
 
@@ -611,7 +627,9 @@ def step_coco_eval(ctx: Context, record: dict, budget: float) -> None:
     from atssrepro.engine.coco_eval import evaluate_detections
 
     ground_truth, detections = synthetic_results(ctx.sizes.eval_images)
-    record.update(images=len(ground_truth["images"]), boxes=len(ground_truth["annotations"]), detections=len(detections))
+    record.update(
+        images=len(ground_truth["images"]), boxes=len(ground_truth["annotations"]), detections=len(detections)
+    )
     for backend in ("faster-coco-eval", "pycocotools"):
         coco = pycocotools.coco.COCO()
         coco.dataset = ground_truth
@@ -680,8 +698,11 @@ def run_step(name: str, ctx: Context, budget: float) -> dict:
 
 
 def run_cpu_side_step(name: str, sizes: Sizes) -> dict:
-    """:func:`run_step` in a child process (spawned: no CUDA state is inherited)."""
+    """:func:`run_step` in a child process (spawned: no CUDA state is inherited), on one thread as a
+    DataLoader worker has, which also leaves the cores to the GPU steps."""
     import torch
+
+    torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as workdir:
         return run_step(name, Context(torch.device("cpu"), sizes, Path(workdir)), sizes.budgets[name])
@@ -728,7 +749,10 @@ def targets(figures: dict) -> list[tuple[str, str]]:
             (f"{key}: ATSS >= 1.5x FCOS throughput (AMP)", f"{'met' if ratio >= 1.5 else 'NOT met'}: {ratio:.2f}x")
         )
         verdicts.append(
-            (f"{key}: assignment + losses < 5% of the step", f"{'met' if share < 0.05 else 'NOT met'}: {100 * share:.1f}%")
+            (
+                f"{key}: assignment + losses < 5% of the step",
+                f"{'met' if share < 0.05 else 'NOT met'}: {100 * share:.1f}%",
+            )
         )
     speeds = [f["atss"]["img_per_s"] for k, f in train.items() if k.endswith("_bf16") and "atss" in f]
     if speeds:
@@ -811,8 +835,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device; use --cpu for the CPU mode", file=sys.stderr)
         return 2
     device = torch.device("cpu" if args.cpu else "cuda")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # "fp32" means TF32 on
-    torch.backends.cudnn.benchmark = True
+    # "fp32" means TF32 on; cudnn.benchmark stays off, as in training (its image sizes vary).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     figures = {"environment": {**environment(device), "wheels_installed": installed}, "steps": {}}
     cpu_side = [name for name in args.steps if name in CPU_SIDE_STEPS]
     pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))

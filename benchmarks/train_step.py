@@ -157,9 +157,7 @@ def compare_training_steps(
     def assign_and_losses() -> None:
         leaves = [None if t is None else t.detach().requires_grad_() for t in head_outputs]
         matched = assign.assign(model_config.assign, anchors, num_per_level, atss.anchors_per_location, boxes_, mask)
-        losses = detection_losses(
-            *leaves, anchors, strides, matched, boxes_, labels, atss.coder, model_config.loss
-        )
+        losses = detection_losses(*leaves, anchors, strides, matched, boxes_, labels, atss.coder, model_config.loss)
         sum(losses.values()).backward()
 
     times: dict[str, list[float]] = {name: [] for name in (*models, "assign+loss")}

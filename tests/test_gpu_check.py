@@ -49,7 +49,9 @@ def test_cpu_mode_runs_every_step_and_writes_figures(tmp_path):
     assert training["finite"] and training["loss_fell"] and training["val_images"] == 4
     assert steps["4_bf16_vs_fp32"]["figures"]["agree"]
     inference = steps["3_inference"]["figures"]
-    assert inference["model"].startswith("trained") and inference["tta"]["passes"] == 6
+    assert inference["batch2_bf16"]["img_per_s"] > 0 and inference["tta"]["passes"] == 6
+    assert inference["batch2_bf16_postprocessing_at_caps"]["detections"] == 2 * 100  # detections_per_image
+    assert inference["tta"]["detections"] == 2 * 100
     assert len(steps["5_assigners"]["figures"]["ms_per_batch"]) == 7
     pipeline = steps["data_pipeline"]["figures"]
     assert pipeline["images"] == 8 and pipeline["img_per_s_per_worker"] > 0 and pipeline["short_side"] == 128
@@ -62,7 +64,9 @@ def test_cpu_mode_runs_every_step_and_writes_figures(tmp_path):
 
 
 def test_a_step_past_its_budget_is_named_and_the_others_still_run(tmp_path):
-    done = run_script("--cpu", "--out", str(tmp_path), "--steps", "5_assigners", "6_coco_eval", "--budget", "5_assigners=0.001")
+    done = run_script(
+        "--cpu", "--out", str(tmp_path), "--steps", "5_assigners", "6_coco_eval", "--budget", "5_assigners=0.001"
+    )
     assert done.returncode == 1
     assert "step 5_assigners FAILED: StepTimeout: step 5_assigners ran past its budget" in done.stderr
     assert "1 step(s) failed: 5_assigners" in done.stderr
