@@ -253,6 +253,8 @@ def run(
 
         print_plan(runs, as_json, gpu_type or local_device())
         return
+    if gpu_type is not None:
+        raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
     store = Store(results)
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices

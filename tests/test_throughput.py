@@ -45,6 +45,17 @@ def test_an_unknown_gpu_gets_images_only_and_is_told_so():
     assert throughput.device_hours(TABLE4_IMAGES, "NVIDIA H200") is None  # --json prints it as null
 
 
+def test_gpu_type_without_dry_run_is_one_line(tmp_path):
+    result = atssrepro("run", "table4", "--gpu-type", "NVIDIA H200", "--results", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--gpu-type is an option of --dry-run: it names the device to give hours for")
+    )
+    assert not any(tmp_path.iterdir())
+
+
 def test_other_presets_get_no_hours():
     result = atssrepro("run", "table4", "--dry-run", "--preset", "smoke", "--gpu-type", MEASURED.device)
     assert "device-hours: given for --preset paper only" in result.stdout
