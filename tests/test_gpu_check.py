@@ -139,3 +139,17 @@ def test_targets_are_judged_on_the_bf16_figures_and_the_h200_only():
     assert verdicts["ATSS R-50 >= 40 img/s training, AMP, one H200"] == (
         "not judged: measured on NVIDIA H100 80GB HBM3: 52.0 img/s"
     )
+
+
+@pytest.mark.slow
+def test_the_shell_entry_point_writes_into_out_and_passes_the_exit_code_on(tmp_path):
+    out = tmp_path / "out"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its python3 has torch
+    env = {**os.environ, "OUT": str(out), "PATH": path, "OMP_NUM_THREADS": "1"}
+    command = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu", "--steps", "5_assigners"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert {p.name for p in out.iterdir()} == {"nvidia-smi.txt", "log.txt", "figures.json", "summary.md"}
+    assert "gpu_check: every step passed" in (out / "log.txt").read_text()
+    failing = subprocess.run([*command, "--budget", "5_assigners=0.001"], capture_output=True, text=True, env=env)
+    assert failing.returncode == 1
