@@ -68,7 +68,8 @@ class AnchorConfig:
     scale: float = 8.0
     """Anchor side in units of the level stride: 8 gives 8S = 64..1024 on P3..P7."""
     aspect_ratios: tuple[float, ...] = (1.0,)
-    """Height / width of each anchor at a location (maskrcnn-benchmark convention)."""
+    """Height / width of each anchor at a location (maskrcnn-benchmark convention), each > 0; shapes
+    are rounded as the official generator rounds them (``model/anchors.py::cell_anchors``)."""
     scales_per_octave: int = 1
     """Octave scales 2^(i/n), i < n, multiplied on ``scale``."""
 
