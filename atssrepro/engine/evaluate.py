@@ -14,8 +14,13 @@ from atssrepro.data.batch import batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import EvalBatchSampler
 from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
-from atssrepro.engine.train import autocast
 from atssrepro.model.detector import OneStageDetector
+
+
+def fp32(device: torch.device) -> torch.autocast:
+    """Autocast off: evaluation runs in fp32 whatever ``train.amp`` is, as the official code tests,
+    also when the caller has autocast on."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def val_dataset(config: cfg.Config) -> CocoDetection:
@@ -30,7 +35,7 @@ def predict(
     """Detections of every image of ``dataset`` in the COCO results format, gathered on all ranks.
 
     Boxes are mapped back from the network's input size to the image as stored, then written
-    as [x, y, w, h] with the dataset's own category ids.
+    as [x, y, w, h] with the dataset's own category ids. The model runs in fp32 (:func:`fp32`).
     """
     model.eval()
     sampler = EvalBatchSampler(
@@ -46,7 +51,7 @@ def predict(
         task = progress.add_task("[bold]eval", total=len(sampler))
         for batch in loader:
             batch = batch.to(device, non_blocking=True)
-            with autocast(device, config.train.amp):
+            with fp32(device):
                 detections = model(batch.images, batch.image_sizes)
             # (h, w) ratios of stored to network-input size -> xyxy multipliers.
             ratios = (batch.original_sizes.float() / batch.image_sizes.float()).flip(1).repeat(1, 2)
