@@ -61,6 +61,10 @@ class HeadConfig:
     """One learnable scalar per level on the regression output (Table 1 "Scalar")."""
     dcn: bool = False
     """DCNv2 in the last conv of each tower (the official dcnv2 models)."""
+    point_bias_init: float = 4.0
+    """Initial bias of the regression output with ``model.regression = 'point'`` (any finite number):
+    4.0 starts every point at the 8S box, the official ATSS POINT head; 0.0 is the FCOS module's
+    (Table 3 "FCOS + Center sampling"). Box regression always starts at bias 0."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +103,21 @@ class AssignConfig:
 class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    regression: Literal["giou", "smooth_l1"] = "giou"
-    """GIoU on decoded boxes, or RetinaNet's smooth-L1 on encoded targets (Table 1 "GIoU Loss")."""
-    smooth_l1_beta: float = 1.0 / 9.0
+    regression: Literal["giou", "smooth_l1", "ltrb_iou", "ltrb_giou"] = "giou"
+    """``giou``: GIoU on decoded boxes (official ATSS); ``smooth_l1``: RetinaNet's smooth-L1 on encoded
+    targets (Table 1 "GIoU Loss" off); ``ltrb_iou`` / ``ltrb_giou``: the FCOS module's IOULoss on the
+    stride-normalised (l, t, r, b) with the IoU smoothed as (inter + 1) / (union + 1), -log IoU or
+    1 - GIoU (needs ``model.regression = 'point'``)."""
+    smooth_l1_beta: float = 0.11
+    """Smooth-L1 transition point (> 0): 0.11, the official ``RETINANET.BBOX_REG_BETA``."""
     reg_weight: float = 2.0
-    """Weight of the regression loss: 2.0 is the official ATSS GIoU weight, RetinaNet's smooth-L1 uses 1.0."""
+    """Weight of the regression loss (>= 0): 2.0 is the official ATSS GIoU weight; RetinaNet's smooth-L1
+    and the FCOS module's IOULoss use 1.0."""
+    normalizer: Literal["atss", "retinanet"] = "atss"
+    """How the losses are normalised (``model/losses.py::combine_losses``): ``atss`` over the whole
+    batch by the mean #positives per padding group (official ATSS and FCOS); ``retinanet`` per padding
+    group, classification by #positives + #images and smooth-L1 by max(1, 4 #positives), as the
+    maskrcnn-benchmark RetinaNet does per GPU (needs ``smooth_l1`` and no centerness)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,11 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 16
     """Global batch over all processes."""
+    pad_group: int = 2
+    """Images padded to one canvas and run through the model together (>= 1): the official per-GPU
+    batch, 16 images over 8 GPUs = 2. Each process splits its share of ``batch_size`` into groups of
+    this many, so padding, the head's GroupNorm statistics and the per-group loss normalisers never
+    depend on the number of processes; ``batch_size`` / processes must be a multiple of it."""
     base_lr: float = 0.01
     """Learning rate at batch 16; the run uses ``base_lr * batch_size / 16``."""
     iterations: int = 90_000
@@ -393,6 +412,15 @@ def check_consistency(config: Config) -> None:
     m = config.model
     if m.head.group_norm and m.head.channels % 32:
         problems.append(f"model.head.channels = {m.head.channels} must be a multiple of 32 (GroupNorm(32))")
+    if t.pad_group < 1 or t.batch_size % t.pad_group:
+        problems.append(f"train.pad_group = {t.pad_group} must be >= 1 and divide train.batch_size = {t.batch_size}")
+    if m.loss.regression.startswith("ltrb_") and m.regression != "point":
+        problems.append(f"model.loss.regression = {m.loss.regression!r} needs model.regression = 'point'")
+    if m.loss.normalizer == "retinanet" and (m.loss.regression != "smooth_l1" or m.head.centerness):
+        problems.append(
+            "model.loss.normalizer = 'retinanet' needs model.loss.regression = 'smooth_l1' "
+            "and model.head.centerness = false"
+        )
     if m.regression == "point" and len(m.anchors.aspect_ratios) * m.anchors.scales_per_octave != 1:
         problems.append("model.regression = 'point' needs one anchor per location")
     ranges = m.assign.scale_ranges
@@ -402,6 +430,23 @@ def check_consistency(config: Config) -> None:
         problems.append("model.backbone.trainable_stages must be in 0..5")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
+
+
+def batch_split_problem(train: TrainConfig, processes: int) -> tuple[str, str] | None:
+    """Why ``processes`` processes cannot share ``train.batch_size`` in whole padding groups, and the
+    fix, or None when they can."""
+    if train.batch_size % processes:
+        problem = f"train.batch_size = {train.batch_size} cannot be split over {processes} processes"
+        return problem, "use a divisor of it"
+    share = train.batch_size // processes
+    if share % train.pad_group:
+        return (
+            f"train.batch_size = {train.batch_size} over {processes} processes gives {share} images per process, "
+            f"not a multiple of train.pad_group = {train.pad_group}",
+            f"use a train.batch_size that is a multiple of {processes * train.pad_group} "
+            f"or a train.pad_group that divides {share}",
+        )
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

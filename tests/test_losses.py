@@ -116,7 +116,7 @@ def test_smooth_l1_and_no_centerness_variants():
     # smooth-L1 is RetinaNet's per-coordinate mean over positives, on the encoded targets.
     positive = matched[0] >= 0
     targets = DeltaCoder().encode(anchors[positive], strides[positive], boxes[0, matched[0][positive]])
-    expected = torch.nn.functional.smooth_l1_loss(reg[0, positive], targets, beta=1 / 9)
+    expected = torch.nn.functional.smooth_l1_loss(reg[0, positive], targets, beta=0.11)
     assert smooth["reg"].item() == pytest.approx(2.0 * expected.item(), rel=1e-5)  # reg_weight 2.0
     giou = losses_of(cls, reg, None, anchors, strides, matched, boxes, labels)
     assert "centerness" not in giou and giou["reg"] > 0

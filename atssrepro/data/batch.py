@@ -67,6 +67,13 @@ def collate(samples: list[Sample], size_divisible: int = 32) -> Batch:
     )
 
 
+def collate_groups(samples: list[Sample], size_divisible: int, group_size: int) -> list[Batch]:
+    """Consecutive groups of ``group_size`` samples, each a ``Batch`` padded to its own canvas, as the
+    official code pads each GPU's images (``train.pad_group``)."""
+    starts = range(0, len(samples), group_size)
+    return [collate(samples[start : start + group_size], size_divisible) for start in starts]
+
+
 def _round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
 
@@ -77,13 +84,19 @@ def batch_loader(
     num_workers: int,
     size_divisible: int,
     device: torch.device,
+    group_size: int | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of ``Batch``es: ``num_workers`` processes decode and resize, pinned for CUDA."""
+    """A DataLoader of ``Batch``es, or with ``group_size`` of lists of them (:func:`collate_groups`):
+    ``num_workers`` processes decode and resize, pinned for CUDA."""
+    if group_size is None:
+        collate_fn = functools.partial(collate, size_divisible=size_divisible)
+    else:
+        collate_fn = functools.partial(collate_groups, size_divisible=size_divisible, group_size=group_size)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
-        collate_fn=functools.partial(collate, size_divisible=size_divisible),
+        collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         worker_init_fn=leave_stopping_to_the_main_process,

@@ -25,6 +25,7 @@ from atssrepro.engine import checkpoint
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
 from atssrepro.model.detector import OneStageDetector
+from atssrepro.model.losses import combine_losses
 
 
 class Diverged(Exception):
@@ -132,9 +133,25 @@ class TrainingState:
         self.iteration = state["iteration"]
 
 
-def _batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
-    for batch in loader:
-        yield batch.to(device, non_blocking=True)
+class GroupedTraining(nn.Module):
+    """The training forward of one process's share of a batch: the detector on each padding group,
+    then the losses combined over the groups (``model/losses.py::combine_losses``).
+
+    One forward call for all groups, so DDP, which wraps this module, sees one backward per step.
+    """
+
+    def __init__(self, detector: OneStageDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, groups: list[Batch]) -> dict[str, torch.Tensor]:
+        terms = [self.detector.loss_terms(g.images, g.image_sizes, g.boxes, g.labels, g.box_mask) for g in groups]
+        return combine_losses(terms, self.detector.config.loss)
+
+
+def _groups(loader: Iterable[list[Batch]], device: torch.device) -> Iterator[list[Batch]]:
+    for groups in loader:
+        yield [group.to(device, non_blocking=True) for group in groups]
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -168,8 +185,9 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     """
     t = config.train
     world = distributed.world_size()
-    if t.batch_size % world:
-        raise UserError(f"train.batch_size = {t.batch_size} cannot be split over {world} processes; use a divisor")
+    problem = cfg.batch_split_problem(t, world)
+    if problem is not None:
+        raise UserError(f"{problem[0]}; {problem[1]}")
     dataset = CocoDetection(
         cfg.data_path(config.data, config.data.train_ann),
         cfg.data_path(config.data, config.data.train_images),
@@ -192,7 +210,8 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     if state.iteration >= t.iterations:
         return model
 
-    ddp_model = DistributedDataParallel(model) if distributed.is_initialized() else model
+    grouped = GroupedTraining(model)
+    ddp_model = DistributedDataParallel(grouped) if distributed.is_initialized() else grouped
     sampler = TrainBatchSampler(
         dataset.aspect_groups(),
         t.batch_size,
@@ -203,12 +222,15 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         rank=distributed.rank(),
         world_size=world,
     )
-    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
-    batches = _batches(loader, device)
+    loader = batch_loader(
+        dataset, sampler, config.data.num_workers, config.data.size_divisible, device, group_size=t.pad_group
+    )
+    batches = _groups(loader, device)
     if distributed.is_main():
         console.print(
             f"training {cfg.config_id(config)}: {len(dataset)} images, {dataset.num_classes} classes, "
-            f"batch {t.batch_size} over {world} process(es), lr {optimizer.param_groups[0]['lr']:g}, "
+            f"batch {t.batch_size} over {world} process(es) in padding groups of {t.pad_group}, "
+            f"lr {optimizer.param_groups[0]['lr']:g}, "
             f"{t.iterations} iterations on {device}"
         )
 
@@ -219,9 +241,9 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     with _StopSignals() as stop, _progress(console, t.iterations) as progress:
         task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
         while state.iteration < t.iterations:
-            batch = next(batches)
+            groups = next(batches)
             with autocast(device, t.amp):
-                losses = ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.box_mask)
+                losses = ddp_model(groups)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()

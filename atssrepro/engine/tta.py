@@ -108,9 +108,10 @@ def predict_tta(
     """Detections of every image of ``dataset`` with test-time augmentation, in the COCO results
     format, gathered on all ranks.
 
-    The model runs in fp32 whatever ``train.amp`` is. Each pass uses the model's own post-processing (``config.model.inference``); the merge uses its
-    score threshold for the decayed copies of soft voting. Rank r takes images r, r + W, ...; each
-    of its batches of ``config.eval.batch_size`` images goes through every pass before the next batch.
+    The model runs in fp32 whatever ``train.amp`` is. Each pass uses the model's own post-processing
+    (``config.model.inference``); the merge uses its score threshold for the decayed copies of soft
+    voting. Rank r takes images r, r + W, ...; each of its batches of ``config.eval.batch_size``
+    images goes through every pass before the next batch.
     """
     model.eval()
     passes = _passes(config, tta)

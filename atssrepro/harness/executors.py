@@ -23,6 +23,7 @@ from typing import IO, Protocol
 
 from rich.console import Console
 
+from atssrepro import config as cfg
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.store import Store
@@ -125,14 +126,13 @@ def make_slots(devices: Sequence[str], gpus_per_run: int) -> list[Slot]:
 
 
 def check_batch_split(runs: Sequence[PlannedRun], processes: int, what: str) -> None:
-    """Refuse, before anything starts, runs whose global batch ``processes`` processes cannot share."""
+    """Refuse, before anything starts, runs whose global batch ``processes`` processes cannot share
+    in whole padding groups (``train.pad_group``)."""
     for run in runs:
-        if run.config.train.batch_size % processes:
+        problem = cfg.batch_split_problem(run.config.train, processes)
+        if problem is not None:
             rows = ", ".join(map(str, run.rows))
-            raise UserError(
-                f"run {run.run_id} ({rows}): train.batch_size = {run.config.train.batch_size} cannot be split "
-                f"over {processes} processes ({what}); use a divisor of it"
-            )
+            raise UserError(f"run {run.run_id} ({rows}): {problem[0]} ({what}); {problem[1]}")
 
 
 class Stopped(Exception):

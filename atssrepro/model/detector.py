@@ -11,7 +11,7 @@ from atssrepro.model.anchors import anchor_strides, grid_anchors
 from atssrepro.model.backbone import ResNetFPN
 from atssrepro.model.box_coder import DeltaCoder, PointCoder
 from atssrepro.model.head import DetectionHead
-from atssrepro.model.losses import detection_losses
+from atssrepro.model.losses import LossTerms, combine_losses, loss_terms
 from atssrepro.model.postprocess import Detections, postprocess
 
 # torchvision's ImageNet statistics, in 0-255 RGB, matching its pretrained ResNets.
@@ -49,6 +49,44 @@ class OneStageDetector(nn.Module):
         cols = torch.arange(w, device=x.device)[None, None, :] < image_sizes[:, 1, None, None]
         return x * (rows & cols)[:, None].to(x.dtype)
 
+    def _run(self, images: torch.Tensor, image_sizes: torch.Tensor) -> tuple:
+        """Backbone, head and the anchors of the padded input's feature maps."""
+        features = self.backbone(self.normalize(images, image_sizes))
+        cls_logits, box_regression, centerness = self.head(features)
+        a = self.config.anchors
+        anchors, num_per_level = grid_anchors(
+            [f.shape[-2:] for f in features], a.scale, a.aspect_ratios, a.scales_per_octave, images.device
+        )
+        strides = anchor_strides(num_per_level, images.device)
+        return cls_logits, box_regression, centerness, anchors, strides, num_per_level
+
+    def loss_terms(
+        self,
+        images: torch.Tensor,
+        image_sizes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        gt_labels: torch.Tensor,
+        gt_mask: torch.Tensor,
+    ) -> LossTerms:
+        """The un-normalised losses of one padding group (arguments as :meth:`forward`)."""
+        cls_logits, box_regression, centerness, anchors, strides, num_per_level = self._run(images, image_sizes)
+        with torch.no_grad():
+            matched = assign.assign(
+                self.config.assign, anchors, num_per_level, self.anchors_per_location, gt_boxes, gt_mask
+            )
+        return loss_terms(
+            cls_logits,
+            box_regression,
+            centerness,
+            anchors,
+            strides,
+            matched,
+            gt_boxes,
+            gt_labels,
+            self.coder,
+            self.config.loss,
+        )
+
     def forward(
         self,
         images: torch.Tensor,
@@ -64,41 +102,21 @@ class OneStageDetector(nn.Module):
             gt_boxes: [B, G, 4] xyxy; gt_labels: [B, G] int64; gt_mask: [B, G] bool. Training only.
 
         Returns:
-            Training: ``{"cls", "reg"[, "centerness"]}`` scalar losses. Inference: a
-            :class:`Detections` per image, in the coordinates of ``images``.
+            Training: ``{"cls", "reg"[, "centerness"]}`` scalar losses of the batch as one padding
+            group. Inference: a :class:`Detections` per image, in the coordinates of ``images``.
         """
-        features = self.backbone(self.normalize(images, image_sizes))
-        cls_logits, box_regression, centerness = self.head(features)
-        a = self.config.anchors
-        anchors, num_per_level = grid_anchors(
-            [f.shape[-2:] for f in features], a.scale, a.aspect_ratios, a.scales_per_octave, images.device
-        )
-        strides = anchor_strides(num_per_level, images.device)
-        if gt_boxes is None:
-            return postprocess(
-                cls_logits,
-                box_regression,
-                centerness,
-                anchors,
-                strides,
-                num_per_level,
-                image_sizes,
-                self.coder,
-                self.config.inference,
-            )
-        with torch.no_grad():
-            matched = assign.assign(
-                self.config.assign, anchors, num_per_level, self.anchors_per_location, gt_boxes, gt_mask
-            )
-        return detection_losses(
+        if gt_boxes is not None:
+            terms = self.loss_terms(images, image_sizes, gt_boxes, gt_labels, gt_mask)
+            return combine_losses([terms], self.config.loss)
+        cls_logits, box_regression, centerness, anchors, strides, num_per_level = self._run(images, image_sizes)
+        return postprocess(
             cls_logits,
             box_regression,
             centerness,
             anchors,
             strides,
-            matched,
-            gt_boxes,
-            gt_labels,
+            num_per_level,
+            image_sizes,
             self.coder,
-            self.config.loss,
+            self.config.inference,
         )
