@@ -39,9 +39,11 @@ class BackboneConfig:
     name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"] = "resnet50"
     """A torchvision ResNet or ResNeXt; its stages C3-C5 feed the FPN."""
     weights: str = "imagenet"
-    """Pretrained weights: ``imagenet`` (torchvision's classic ImageNet weights of ``name``, the
-    ``IMAGENET1K_V1`` of the paper's era), a torchvision weights name such as
-    ``ResNet50_Weights.IMAGENET1K_V2``, a local ``.pth`` state-dict file, or empty to train from scratch."""
+    """Pretrained weights: ``imagenet`` (torchvision's ``IMAGENET1K_V1`` weights of ``name``), a
+    torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2``, a local ``.pth`` state-dict
+    file, or empty to train from scratch. None of torchvision's weights are the official runs' (MSRA
+    R-50/R-101, FAIR 20171220 X-101); for ``resnext101_64x4d`` torchvision's only weights come from
+    its new training recipe (83.2% top-1), much stronger than the FAIR X-101-64x4d the paper used."""
     trainable_stages: int = 3
     """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
     dcn: bool = False

@@ -22,7 +22,9 @@ _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def weights_name(backbone: str, weights: str) -> str:
-    """Resolve ``imagenet`` to the backbone's classic torchvision weights, e.g. ``ResNet50_Weights.IMAGENET1K_V1``."""
+    """Resolve ``imagenet`` to the backbone's torchvision ``IMAGENET1K_V1`` weights, e.g.
+    ``ResNet50_Weights.IMAGENET1K_V1``; for ResNeXt-101 64x4d those come from torchvision's new recipe
+    (83.2% top-1), not the FAIR 2017 weights of the paper."""
     if weights != "imagenet":
         return weights
     return f"{torchvision.models.get_model_weights(backbone).__name__}.IMAGENET1K_V1"
