@@ -188,10 +188,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     bias_lr_factor: float = 2.0
     bias_weight_decay: float = 0.0
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    """Mixed precision for training on CUDA: ``off`` (fp32, the official code's precision),
-    ``bf16`` or ``fp16`` autocast, a departure (docs/semantics.md). Ignored on the CPU, which always
-    trains in fp32; evaluation and TTA always run in fp32."""
+    amp: Literal["off", "tf32", "bf16", "fp16"] = "off"
+    """Training precision on CUDA: ``off`` is fp32 with TF32 math off, the official code's precision;
+    ``tf32`` (TF32 tensor cores for convolutions and matmuls), ``bf16`` and ``fp16`` (autocast) are
+    departures (docs/semantics.md). Ignored on the CPU, which always trains in fp32; evaluation and
+    TTA always run in fp32, TF32 off."""
     checkpoint_every: int = 5000
     log_every: int = 20
     seed: int = 0

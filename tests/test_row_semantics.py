@@ -203,3 +203,24 @@ def test_batch_split_needs_whole_padding_groups_per_process() -> None:
     assert "gives 1 images per process, not a multiple of train.pad_group = 2" in problem
     assert "multiple of 32" in fix
     assert cfg.batch_split_problem(train, 3)[0] == "train.batch_size = 16 cannot be split over 3 processes"
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amp", "tf32", "autocast"), [("off", False, None), ("tf32", True, None), ("bf16", True, "bf16")]
+)
+def test_training_precision_on_cuda(monkeypatch, amp: str, tf32: bool, autocast: str | None) -> None:
+    from atssrepro.engine import train
+
+    made = []
+    monkeypatch.setattr(train.torch, "autocast", lambda device, dtype: made.append((device, dtype)))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        train.training_precision(torch.device("cuda"), amp)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert made == ([("cuda", torch.bfloat16)] if autocast else [])
+    assert cfg.TrainConfig().amp == "off"  # the official fp32 by default

@@ -244,14 +244,15 @@ def test_coco_results_convert_to_xywh_and_coco_ids() -> None:
 
 
 class RecordsPrecision(FixedBoxes):
-    """FixedBoxes that records whether CPU autocast was on in each forward call."""
+    """FixedBoxes that records whether CPU autocast or TF32 math was on in each forward call."""
 
     def __init__(self) -> None:
         super().__init__([[0, 0, 20, 30]], [1])
         self.autocast_on: list[bool] = []
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> list[Detections]:
-        self.autocast_on.append(torch.is_autocast_enabled("cpu"))
+        tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+        self.autocast_on.append(torch.is_autocast_enabled("cpu") or tf32)
         return super().forward(images, image_sizes)
 
 
@@ -260,7 +261,13 @@ def test_evaluation_and_tta_run_in_fp32_under_an_amp_training_config(synth_coco:
     dataset = val_split(synth_coco, config)
     model = RecordsPrecision()
     tta = TTAConfig(scales=(128,), scale_ranges=((0, 10000),))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # even a caller's autocast is switched off
-        predict(model, dataset, config, CPU, Console())
-        predict_tta(model, dataset, config, tta, CPU, Console())
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as train.amp=tf32 leaves them
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # even a caller's autocast is switched off
+            predict(model, dataset, config, CPU, Console())
+            predict_tta(model, dataset, config, tta, CPU, Console())
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert len(model.autocast_on) == 2 + 2 * 4 and not any(model.autocast_on)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from rich.console import Console
@@ -17,10 +18,17 @@ from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
 from atssrepro.model.detector import OneStageDetector
 
 
-def fp32(device: torch.device) -> torch.autocast:
-    """Autocast off: evaluation runs in fp32 whatever ``train.amp`` is, as the official code tests,
-    also when the caller has autocast on."""
-    return torch.autocast(device.type, enabled=False)
+@contextlib.contextmanager
+def fp32(device: torch.device) -> Iterator[None]:
+    """Autocast and TF32 off: evaluation runs in fp32 whatever ``train.amp`` is, as the official
+    code tests, also when the caller has autocast on; the TF32 flags are restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def val_dataset(config: cfg.Config) -> CocoDetection:

@@ -94,9 +94,14 @@ def build_optimizer(model: nn.Module, config: cfg.TrainConfig) -> torch.optim.SG
     )
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA as configured; full precision on the CPU."""
-    if device.type != "cuda" or amp == "off":
+def training_precision(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The training step's precision on CUDA (``train.amp``): ``off`` is fp32 with TF32 math off, the
+    official code's fp32; ``tf32`` lets convolutions and matmuls use TF32 tensor cores; ``bf16`` and
+    ``fp16`` autocast (TF32 allowed in what stays fp32). Full fp32 on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = amp != "off"
+    if amp in ("off", "tf32"):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
@@ -242,7 +247,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
         while state.iteration < t.iterations:
             groups = next(batches)
-            with autocast(device, t.amp):
+            with training_precision(device, t.amp):
                 losses = ddp_model(groups)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
