@@ -224,3 +224,16 @@ def test_training_precision_on_cuda(monkeypatch, amp: str, tf32: bool, autocast:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert made == ([("cuda", torch.bfloat16)] if autocast else [])
     assert cfg.TrainConfig().amp == "off"  # the official fp32 by default
+
+
+# --- pretrained weights of the X-101 rows ----------------------------------------------------------
+
+
+def test_x101_rows_say_they_need_the_fair_weights() -> None:
+    spec = load_table("table8")
+    names = {row.id: resolve_row(spec, row, "paper", 0).model.backbone.name for row in spec.runnable_rows}
+    x101 = [row for row in spec.runnable_rows if names[row.id].startswith("resnext")]
+    assert len(x101) == 6
+    for row in x101:
+        name = names[row.id]
+        assert f"FAIR/X-101-{name.removeprefix('resnext101_')}" in row.note, row.id
