@@ -5,8 +5,8 @@ not depend on the number of processes."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
