@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -509,8 +509,5 @@ def main() -> None:
         check_torch_pair()
         app()
     except UserError as e:
-        # An error raised in a DataLoader worker arrives wrapped in the worker's traceback text;
-        # its last line holds the message.
-        message = str(e).strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -40,9 +40,11 @@ def predict(
         distributed.rank(),
         distributed.world_size(),
     )
-    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
     results: list[dict] = []
-    with Progress(console=console, disable=not distributed.is_main()) as progress:
+    with (
+        batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device) as loader,
+        Progress(console=console, disable=not distributed.is_main()) as progress,
+    ):
         task = progress.add_task("[bold]eval", total=len(sampler))
         for batch in loader:
             batch = batch.to(device, non_blocking=True)

@@ -203,8 +203,6 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         rank=distributed.rank(),
         world_size=world,
     )
-    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
-    batches = _batches(loader, device)
     if distributed.is_main():
         console.print(
             f"training {cfg.config_id(config)}: {len(dataset)} images, {dataset.num_classes} classes, "
@@ -215,9 +213,14 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     model.train()
     window_start, window_iters = time.perf_counter(), 0
     loss_sums: dict[str, torch.Tensor] = {}
-    # The handlers go in before the loader forks its workers (on the first batch).
-    with _StopSignals() as stop, _progress(console, t.iterations) as progress:
+    # The handlers go in before the loader forks its workers.
+    with (
+        _StopSignals() as stop,
+        batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device) as loader,
+        _progress(console, t.iterations) as progress,
+    ):
         task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
+        batches = _batches(loader, device)
         while state.iteration < t.iterations:
             batch = next(batches)
             with autocast(device, t.amp):

@@ -110,11 +110,12 @@ def predict_tta(
     chunks = [indices[start : start + size] for start in range(0, len(indices), size)]
     # The passes of a chunk follow one another, so a chunk is merged as soon as its last pass is in.
     batches = [[SampleSpec(i, p.short_side, p.flip, p.max_size) for i in chunk] for chunk in chunks for p in passes]
-    loader = batch_loader(dataset, batches, config.data.num_workers, config.data.size_divisible, device)
-
     results: list[dict] = []
     found: list[list[Detections]] = []  # per image of the current chunk: one Detections per pass so far
-    with Progress(console=console, disable=not distributed.is_main()) as progress:
+    with (
+        batch_loader(dataset, batches, config.data.num_workers, config.data.size_divisible, device) as loader,
+        Progress(console=console, disable=not distributed.is_main()) as progress,
+    ):
         task = progress.add_task("[bold]eval (TTA)", total=len(batches))
         for step, batch in enumerate(loader):
             pass_index = step % len(passes)
