@@ -150,12 +150,13 @@ def show_config(
     set_: list[str] = SetOption,
     data: str | None = DataOption,
 ) -> None:
-    """Print the fully resolved config as TOML, headed by its id."""
+    """Print the fully resolved config as TOML, headed by its id: save it and pass it back with --config FILE."""
     from atssrepro import config as cfg
 
     resolved = cfg.build_config(config, preset, set_, data)
-    stdout.print(f"# id: {cfg.config_id(resolved)}", highlight=False)
-    stdout.print(cfg.to_toml(resolved), highlight=False, markup=False)
+    # Plain print: a console would wrap long lines, and wrapped TOML is no longer the config.
+    print(f"# id: {cfg.config_id(resolved)}")
+    print(cfg.to_toml(resolved), end="")
 
 
 @data_app.command("synth")
