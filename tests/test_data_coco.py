@@ -267,7 +267,7 @@ def test_batch_loader_stops_its_workers_when_an_error_ends_the_block(synth_coco:
     with pytest.raises(ZeroDivisionError), batch_loader(coco, [[SampleSpec(0, 128, False)]] * 4, 2, 32, CPU) as b:
         workers = list(b._workers)
         next(b)
-        1 / 0
+        raise ZeroDivisionError("an error in the loop")
     assert workers and not any(worker.is_alive() for worker in workers)
 
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from atssrepro.engine.run_dir import RunDir
 
 from cli import TINY, atssrepro
-from conftest import REPO
 
 FAULTS = Path(__file__).parent / "faults"
 SHORT = [*TINY, "--set", "train.iterations=4", "--set", "train.checkpoint_every=2", "--set", "data.num_workers=2"]

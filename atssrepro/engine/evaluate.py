@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from atssrepro import config as cfg
 from atssrepro import distributed
@@ -14,6 +13,7 @@ from atssrepro.data.batch import batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import EvalBatchSampler
 from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
+from atssrepro.engine.progress import progress
 from atssrepro.engine.train import autocast
 from atssrepro.model.detector import OneStageDetector
 
@@ -43,10 +43,10 @@ def predict(
     results: list[dict] = []
     with (
         batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device) as loader,
-        Progress(console=console, disable=not distributed.is_main()) as progress,
+        # Every batch on a terminal; in a log, a line per 5% (and per batch of a short run).
+        progress(console, "eval", len(sampler), max(1, len(sampler) // 20)) as report,
     ):
-        task = progress.add_task("[bold]eval", total=len(sampler))
-        for batch in loader:
+        for step, batch in enumerate(loader, 1):
             batch = batch.to(device, non_blocking=True)
             with autocast(device, config.train.amp):
                 detections = model(batch.images, batch.image_sizes)
@@ -54,7 +54,7 @@ def predict(
             ratios = (batch.original_sizes.float() / batch.image_sizes.float()).flip(1).repeat(1, 2)
             for image_id, ratio, det in zip(batch.image_ids.tolist(), ratios, detections):
                 results += coco_results(image_id, det.boxes * ratio, det.scores, det.labels, dataset.category_ids)
-            progress.advance(task)
+            report(step)
     return [r for part in distributed.all_gather_objects(results) for r in part]
 
 
