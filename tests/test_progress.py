@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from test_tta import FixedBoxes, smoke_config, val_split
 
 from atssrepro.engine.evaluate import predict
 from atssrepro.engine.progress import progress
 from atssrepro.engine.tta import TTAConfig, predict_tta
 
 from cli import TINY, atssrepro
-from test_tta import FixedBoxes, smoke_config, val_split
 
 CPU = torch.device("cpu")
 
