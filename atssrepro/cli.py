@@ -346,7 +346,7 @@ def show(
     (spec,) = load_specs([table_name])
     stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
     if spec.base:
-        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False)
+        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False, soft_wrap=True)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
         run_ids = [] if row.reference_only else [
