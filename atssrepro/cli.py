@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -150,12 +150,13 @@ def show_config(
     set_: list[str] = SetOption,
     data: str | None = DataOption,
 ) -> None:
-    """Print the fully resolved config as TOML, headed by its id."""
+    """Print the fully resolved config as TOML, headed by its id: save it and pass it back with --config FILE."""
     from atssrepro import config as cfg
 
     resolved = cfg.build_config(config, preset, set_, data)
-    stdout.print(f"# id: {cfg.config_id(resolved)}", highlight=False)
-    stdout.print(cfg.to_toml(resolved), highlight=False, markup=False)
+    # Plain print: a console would wrap long lines, and wrapped TOML is no longer the config.
+    print(f"# id: {cfg.config_id(resolved)}")
+    print(cfg.to_toml(resolved), end="")
 
 
 @data_app.command("synth")
@@ -301,16 +302,23 @@ def print_plan(runs: list, as_json: bool) -> None:
             }
             print(json.dumps(line))
         return
+    from atssrepro.harness.plan import assignments
+
     table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
     for run in runs:
-        diff = "\n".join(f"{k}={v}" for k, v in run.diff.items()) or "(base)"
+        diff = "\n".join(assignments(run.diff)) or "(base)"
         table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, f"{run.cost:,}")
     stdout.print(table)
     stdout.print(f"total: {sum(r.cost for r in runs):,} training images", highlight=False)
 
 
 @app.command("list")
-def list_tables(results: Path = ResultsOption, preset: str = PresetOption) -> None:
+def list_tables(
+    results: Path = ResultsOption,
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+) -> None:
     """The tables, their rows and how many of their runs are done."""
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store
@@ -318,29 +326,36 @@ def list_tables(results: Path = ResultsOption, preset: str = PresetOption) -> No
     store = Store(results)
     table = make_table("table", "caption", "rows", "runs", f"done ({preset})")
     for spec in load_specs(None):
-        runs = plan([spec], preset)
+        runs = plan([spec], preset, (), seeds, data)
         done = sum(store.state(r.run_id) == "done" for r in runs)
         table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
     stdout.print(table)
 
 
 @app.command()
-def show(table_name: str = typer.Argument(..., metavar="TABLE"), preset: str = PresetOption) -> None:
-    """A table's rows: their config fields, run ids and published numbers."""
+def show(
+    table_name: str = typer.Argument(..., metavar="TABLE"),
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+) -> None:
+    """A table's rows: their config fields (as --set takes them), run ids and published numbers."""
     from atssrepro import config as cfg
-    from atssrepro.harness.plan import flatten, resolve_row
+    from atssrepro.harness.plan import assignments, resolve_row
 
     (spec,) = load_specs([table_name])
     stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
     if spec.base:
-        stdout.print("base: " + ", ".join(f"{k}={v}" for k, v in flatten(spec.base).items()), highlight=False)
+        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False, soft_wrap=True)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
-        run_id = "" if row.reference_only else cfg.config_id(resolve_row(spec, row, preset, 0))
+        run_ids = [] if row.reference_only else [
+            cfg.config_id(resolve_row(spec, row, preset, seed, data)) for seed in range(seeds)
+        ]  # fmt: skip
         published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
-        config = "\n".join(f"{k}={v}" for k, v in flatten(row.config).items()) + ("\n+ tta" if row.tta else "")
+        config = "\n".join(assignments(row.config)) + ("\n+ tta" if row.tta else "")
         config = "(reference)" if row.reference_only else config or "(base)"
-        table.add_row(row.id, row.label, config, run_id, *published)
+        table.add_row(row.id, row.label, config, "\n".join(run_ids), *published)
     stdout.print(table)
 
 
@@ -509,8 +524,5 @@ def main() -> None:
         check_torch_pair()
         app()
     except UserError as e:
-        # An error raised in a DataLoader worker arrives wrapped in the worker's traceback text;
-        # its last line holds the message.
-        message = str(e).strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from atssrepro import config as cfg
 from atssrepro import distributed
@@ -15,6 +14,7 @@ from atssrepro.data.batch import batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import EvalBatchSampler
 from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
+from atssrepro.engine.progress import progress
 from atssrepro.model.detector import OneStageDetector
 
 
@@ -53,11 +53,13 @@ def predict(
         distributed.rank(),
         distributed.world_size(),
     )
-    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
     results: list[dict] = []
-    with Progress(console=console, disable=not distributed.is_main()) as progress:
-        task = progress.add_task("[bold]eval", total=len(sampler))
-        for batch in loader:
+    with (
+        batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device) as loader,
+        # Every batch on a terminal; in a log, a line per 5% (and per batch of a short run).
+        progress(console, "eval", len(sampler), max(1, len(sampler) // 20)) as report,
+    ):
+        for step, batch in enumerate(loader, 1):
             batch = batch.to(device, non_blocking=True)
             with fp32(device):
                 detections = model(batch.images, batch.image_sizes)
@@ -65,7 +67,7 @@ def predict(
             ratios = (batch.original_sizes.float() / batch.image_sizes.float()).flip(1).repeat(1, 2)
             for image_id, ratio, det in zip(batch.image_ids.tolist(), ratios, detections):
                 results += coco_results(image_id, det.boxes * ratio, det.scores, det.labels, dataset.category_ids)
-            progress.advance(task)
+            report(step)
     return [r for part in distributed.all_gather_objects(results) for r in part]
 
 

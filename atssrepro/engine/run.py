@@ -21,7 +21,7 @@ from atssrepro.engine.evaluate import evaluate, predict, val_dataset
 from atssrepro.engine.run_dir import RunDir, State
 from atssrepro.engine.train import Diverged, train
 from atssrepro.engine.tta import TTAConfig, predict_tta
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, one_line
 from atssrepro.fileio import write_json
 from atssrepro.model.detector import OneStageDetector
 
@@ -52,7 +52,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             _record(run, "diverged", message=str(e))
             raise UserError(f"run {run.path} diverged: {e}") from None
         except UserError as e:
-            _record(run, "failed", message=str(e))
+            _record(run, "failed", message=one_line(e))
             raise
         except KeyboardInterrupt as e:
             # Ctrl-C, or SIGTERM in training (which then checkpointed its last iteration): resumable.
@@ -60,7 +60,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             raise
         except BaseException as e:
             # Crashes leave the folder resumable too; record why it stopped.
-            _record(run, "failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
+            _record(run, "failed", message=one_line(e), traceback=traceback.format_exc(limit=5))
             raise
         _record(run, "done", finished=time.time())
     return metrics

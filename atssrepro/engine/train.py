@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -22,6 +21,7 @@ from atssrepro.data.batch import Batch, batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine import checkpoint
+from atssrepro.engine.progress import progress
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
 from atssrepro.model.detector import OneStageDetector
@@ -166,18 +166,6 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return distributed.all_reduce_mean(torch.tensor([float(flag)], device=device)).item() > 0
 
 
-def _progress(console: Console, total: int) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not distributed.is_main(),
-    )
-
-
 def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console) -> OneStageDetector:
     """Train ``config`` in ``run``, resuming from its checkpoint if it has one.
 
@@ -227,10 +215,6 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         rank=distributed.rank(),
         world_size=world,
     )
-    loader = batch_loader(
-        dataset, sampler, config.data.num_workers, config.data.size_divisible, device, group_size=t.pad_group
-    )
-    batches = _groups(loader, device)
     if distributed.is_main():
         console.print(
             f"training {cfg.config_id(config)}: {len(dataset)} images, {dataset.num_classes} classes, "
@@ -242,9 +226,15 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     model.train()
     window_start, window_iters = time.perf_counter(), 0
     loss_sums: dict[str, torch.Tensor] = {}
-    # The handlers go in before the loader forks its workers (on the first batch).
-    with _StopSignals() as stop, _progress(console, t.iterations) as progress:
-        task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
+    # The handlers go in before the loader forks its workers.
+    with (
+        _StopSignals() as stop,
+        batch_loader(
+            dataset, sampler, config.data.num_workers, config.data.size_divisible, device, group_size=t.pad_group
+        ) as loader,
+        progress(console, "train", t.iterations, t.log_every, state.iteration) as report,
+    ):
+        batches = _groups(loader, device)
         while state.iteration < t.iterations:
             groups = next(batches)
             with training_precision(device, t.amp):
@@ -288,10 +278,9 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                     )
                 if distributed.is_main():
                     run.append_log(record)
-                progress.update(
-                    task,
-                    completed=state.iteration,
-                    status=f"loss {record['loss']:.3f} (cls {means[0]:.3f}) lr {record['lr']:.2e} "
+                report(
+                    state.iteration,
+                    f"loss {record['loss']:.3f} (cls {means[0]:.3f}) lr {record['lr']:.2e} "
                     f"{record['img_per_s']:.1f} img/s",
                 )
                 window_start, window_iters, loss_sums = time.perf_counter(), 0, {}

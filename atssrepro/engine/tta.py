@@ -14,13 +14,13 @@ from typing import NamedTuple
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from atssrepro import config as cfg
 from atssrepro import distributed
 from atssrepro.data.batch import batch_loader
 from atssrepro.data.coco import CocoDetection, SampleSpec
 from atssrepro.engine.evaluate import coco_results, fp32
+from atssrepro.engine.progress import progress
 from atssrepro.errors import UserError
 from atssrepro.model.box_voting import soft_vote
 from atssrepro.model.detector import OneStageDetector
@@ -120,12 +120,13 @@ def predict_tta(
     chunks = [indices[start : start + size] for start in range(0, len(indices), size)]
     # The passes of a chunk follow one another, so a chunk is merged as soon as its last pass is in.
     batches = [[SampleSpec(i, p.short_side, p.flip, p.max_size) for i in chunk] for chunk in chunks for p in passes]
-    loader = batch_loader(dataset, batches, config.data.num_workers, config.data.size_divisible, device)
-
     results: list[dict] = []
     found: list[list[Detections]] = []  # per image of the current chunk: one Detections per pass so far
-    with Progress(console=console, disable=not distributed.is_main()) as progress:
-        task = progress.add_task("[bold]eval (TTA)", total=len(batches))
+    with (
+        batch_loader(dataset, batches, config.data.num_workers, config.data.size_divisible, device) as loader,
+        # In a log, a line per chunk of images (all its passes done): each takes long on a CPU.
+        progress(console, "eval (TTA)", len(batches), len(passes)) as report,
+    ):
         for step, batch in enumerate(loader):
             pass_index = step % len(passes)
             if pass_index == 0:
@@ -141,7 +142,7 @@ def predict_tta(
                 for image_id, image_found in zip(batch.image_ids.tolist(), found):
                     boxes, scores, labels = _merge(image_found, tta, config.model.inference.score_threshold)
                     results += coco_results(image_id, boxes, scores, labels, dataset.category_ids)
-            progress.advance(task)
+            report(step + 1)
     return [r for part in distributed.all_gather_objects(results) for r in part]
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import tomli_w
+
 from atssrepro import config as cfg
 from atssrepro.errors import UserError
 from atssrepro.harness.specs import RowSpec, TableSpec
@@ -79,6 +81,18 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML on one line (``false``, ``"atss"``, ``[640, 800]``): what ``--set KEY=VALUE`` reads."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
+
+
+def assignments(data: dict[str, Any]) -> list[str]:
+    """Nested config data as ``KEY=VALUE`` strings that ``--set`` accepts as they are."""
+    return [f"{key}={toml_value(value)}" for key, value in flatten(data).items()]
 
 
 def flat_diff(config: cfg.Config, reference: cfg.Config) -> dict[str, Any]:
