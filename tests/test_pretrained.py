@@ -1,4 +1,4 @@
-"""Pretrained weights: Detectron .pkl files read safely and mapped as the official loader does; the catalog and its cache."""
+"""Pretrained weights: Detectron .pkl files read safely and mapped as the official loader does; the catalog, its cache."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path, evil):
     path = tmp_path / "R-50.pkl"
     for payload in ({"conv1_w": np.zeros(3, np.float32), "x": evil(target)}, evil(target)):
         path.write_bytes(pickle.dumps(payload, protocol=2))
-        with pytest.raises(UserError, match=r"R-50\.pkl is refused: it refers to (posix\.system|io\.open|builtins\.open)") as e:
+        refused = r"R-50\.pkl is refused: it refers to (posix\.system|io\.open|builtins\.open)"
+        with pytest.raises(UserError, match=refused) as e:
             read_blobs(path)
         assert "\n" not in str(e.value)
         assert not target.exists()
@@ -136,7 +137,8 @@ def test_a_catalog_file_is_taken_from_the_cache_or_downloaded_atomically_into_it
     source.parent.mkdir()
     source.write_bytes(pickle.dumps({"conv1_w": np.ones(3, np.float32)}))
     entry = pretrained.CATALOG["MSRA/R-50"]
-    monkeypatch.setitem(pretrained.CATALOG, "MSRA/R-50", pretrained.CatalogEntry(entry.name, source.as_uri(), entry.backbone))
+    served = pretrained.CatalogEntry(entry.name, source.as_uri(), entry.backbone)
+    monkeypatch.setitem(pretrained.CATALOG, "MSRA/R-50", served)
     path = pretrained.locate("MSRA/R-50", "resnet50", "msra")
     assert path == tmp_path / "cache" / "MSRA" / "R-50.pkl"
     assert path.read_bytes() == source.read_bytes()

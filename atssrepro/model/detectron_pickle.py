@@ -106,7 +106,12 @@ def read_blobs(path: Path) -> dict[str, np.ndarray]:
 # Blobs the backbone does not use: the classifier, and the stem conv's bias (the official stem conv has none).
 DROPPED_BLOBS = frozenset({"conv1_b", "fc1000_w", "fc1000_b"})
 _BLOCK = re.compile(r"^res(?P<stage>[2-5])_(?P<block>\d+)_branch(?P<branch>1|2a|2b|2c)_(?P<kind>w|bn_s|bn_b)$")
-_BRANCH = {"1": ("downsample.0", "downsample.1"), "2a": ("conv1", "bn1"), "2b": ("conv2", "bn2"), "2c": ("conv3", "bn3")}
+_BRANCH = {
+    "1": ("downsample.0", "downsample.1"),
+    "2a": ("conv1", "bn1"),
+    "2b": ("conv2", "bn2"),
+    "2c": ("conv3", "bn3"),
+}
 _STEM = {"conv1_w": "stem.conv1.weight", "res_conv1_bn_s": "stem.bn1.weight", "res_conv1_bn_b": "stem.bn1.bias"}
 
 

@@ -110,8 +110,8 @@ def _torchvision_file(name: str, download: bool) -> Path:
         enum = torchvision.models.get_weight(name)
     except (ValueError, KeyError):
         raise UserError(
-            f"model.backbone.weights = {name!r} is neither a file, nor an official catalog name ({', '.join(CATALOG)}), "
-            "nor a torchvision weights name such as 'ResNet50_Weights.IMAGENET1K_V1'"
+            f"model.backbone.weights = {name!r} is neither a file, nor an official catalog name "
+            f"({', '.join(CATALOG)}), nor a torchvision weights name such as 'ResNet50_Weights.IMAGENET1K_V1'"
         ) from None
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
     return _cached(enum.url, target, name, download)
@@ -129,9 +129,10 @@ def _cached(url: str, target: Path, name: str, download: bool) -> Path:
             return target
         except OSError as e:  # URLError, timeouts, a refused connection, a read-only cache
             problem = f"could not download it ({type(e).__name__}: {getattr(e, 'reason', e)})"
+    elsewhere = " (or set ATSSREPRO_WEIGHTS to the folder holding MSRA/, FAIR/)" if name in CATALOG else ""
     raise UserError(
         f"model.backbone.weights = {name!r}: {target} is missing and {problem}; on a machine with internet "
-        f"fetch {url} and put it at {target}" + (" (or set ATSSREPRO_WEIGHTS to the folder holding it)" if name in CATALOG else "")
+        f"fetch {url} and put it at {target}{elsewhere}"
     )
 
 
