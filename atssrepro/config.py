@@ -39,10 +39,14 @@ class BackboneConfig:
     name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"] = "resnet50"
     """A torchvision ResNet or ResNeXt; its stages C3-C5 feed the FPN."""
     weights: str = "imagenet"
-    """Pretrained weights, or empty to train from scratch. Style ``torchvision``: ``imagenet``
-    (torchvision's classic ImageNet weights of ``name``, the ``IMAGENET1K_V1`` of the paper's era), a
-    torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2`` or a local ``.pth`` torchvision
-    state dict. Style ``msra``: a local ``.pth`` state dict with the official ``backbone.body.*`` keys."""
+    """Pretrained weights, or empty to train from scratch. Style ``msra``: ``imagenet`` (the official
+    ImageNet weights of ``name``: MSRA R-50/R-101, FAIR X-101-32x8d/64x4d), a catalog name of
+    ``model/pretrained.py`` (``MSRA/R-50``, ``MSRA/R-101``, ``FAIR/20171220/X-101-32x8d``,
+    ``FAIR/20171220/X-101-64x4d``: taken from ``$ATSSREPRO_WEIGHTS`` or ``~/.cache/atssrepro/weights``,
+    downloaded there when absent), a Detectron ``.pkl`` file, or a ``.pth`` state dict with the official
+    ``backbone.body.*`` keys. Style ``torchvision``: ``imagenet`` (torchvision's classic ImageNet weights
+    of ``name``, the ``IMAGENET1K_V1`` of the paper's era), a torchvision weights name such as
+    ``ResNet50_Weights.IMAGENET1K_V2`` or a local ``.pth`` torchvision state dict."""
     trainable_stages: int = 3
     """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
     dcn: bool = False

@@ -174,3 +174,56 @@ def test_local_files_and_bad_names(tmp_path):
         pretrained.locate(str(tmp_path / "missing.pth"), "resnet50", "msra")
     with pytest.raises(UserError, match="neither a file, nor an official catalog name"):
         pretrained.locate("MSRA/R-5O", "resnet50", "msra")
+
+
+# --- through the MSRA backbone ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not MAPPING.is_file(), reason="../shared/official_ref absent")
+@pytest.mark.parametrize("variant", ["R-50", "R-50_DCNv2"])
+def test_a_detectron_pickle_gives_the_features_of_the_equivalent_state_dict(tmp_path, variant, monkeypatch):
+    """Blobs with the R-50 names, written as Python 2 wrote them, against the official state dict
+    that the facts file says they become (running statistics 0 and 1), loaded as a .pth."""
+    from atssrepro.config import BackboneConfig
+    from atssrepro.model.backbone import ResNetFPN
+
+    facts = json.loads(MAPPING.read_text())[variant]
+    rng = np.random.RandomState(0)
+    blobs = {b["blob"]: (0.5 + rng.rand(*b["shape"]) * 0.1).astype(np.float32) for b in facts["blobs"]}
+    for name, array in blobs.items():
+        if name.endswith("_w"):
+            blobs[name] = (rng.randn(*array.shape) / np.sqrt(np.prod(array.shape[1:]))).astype(np.float32)
+    official = {b["official_keys"][0]: torch.from_numpy(blobs[b["blob"]]) for b in facts["blobs"] if b["official_keys"]}
+    for key in facts["official_keys_not_from_pickle"]:
+        if key.startswith("backbone.body.") and key.endswith("running_mean"):
+            official[key] = torch.zeros_like(official[key.replace("running_mean", "weight")])
+        elif key.startswith("backbone.body.") and key.endswith("running_var"):
+            official[key] = torch.ones_like(official[key.replace("running_var", "weight")])
+    (tmp_path / "R-50.pkl").write_bytes(python2_pickle(blobs))
+    torch.save(official, tmp_path / "R-50.pth")
+    # The catalog name finds the .pkl in the cache, as the paper preset's "imagenet" does.
+    (tmp_path / "MSRA").mkdir()
+    (tmp_path / "R-50.pkl").rename(tmp_path / "MSRA" / "R-50.pkl")
+    monkeypatch.setenv("ATSSREPRO_WEIGHTS", str(tmp_path))
+    dcn = variant.endswith("DCNv2")
+    images = torch.randn(1, 3, 64, 96) * 50
+    features = {}
+    for weights in ("imagenet", "MSRA/R-50", str(tmp_path / "R-50.pth"), ""):
+        torch.manual_seed(0)  # the same init of what no file fills (the FPN, DCN offsets)
+        backbone = ResNetFPN(BackboneConfig(name="resnet50", weights=weights, style="msra", dcn=dcn), 32).eval()
+        with torch.no_grad():
+            features[weights] = backbone(images)
+        if weights == "imagenet":
+            body = backbone.body.body
+            assert torch.equal(body.layer4[2].bn3.weight, torch.from_numpy(blobs["res5_2_branch2c_bn_s"]))
+    for weights in ("MSRA/R-50", str(tmp_path / "R-50.pth")):
+        assert all(torch.equal(a, b) for a, b in zip(features["imagenet"], features[weights]))
+    assert not torch.allclose(features["imagenet"][0], features[""][0])
+
+
+def test_msra_style_refuses_torchvision_weights_names():
+    from atssrepro.config import BackboneConfig
+    from atssrepro.model.backbone import ResNetFPN
+
+    with pytest.raises(UserError, match="style 'msra' takes an official catalog name"):
+        ResNetFPN(BackboneConfig(name="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1", style="msra"), 32)

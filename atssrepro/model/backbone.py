@@ -16,7 +16,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from atssrepro.config import BackboneConfig
 from atssrepro.errors import UserError
+from atssrepro.model import pretrained
 from atssrepro.model.dcn import replace_with_dcn
+from atssrepro.model.detectron_pickle import official_backbone_state, read_blobs
 
 # Stages from the last to the first: trainable_stages = k leaves the first 5 - k frozen.
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -24,9 +26,7 @@ _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 def weights_name(backbone: str, weights: str) -> str:
     """Resolve ``imagenet`` to the backbone's classic torchvision weights, e.g. ``ResNet50_Weights.IMAGENET1K_V1``."""
-    if weights != "imagenet":
-        return weights
-    return f"{torchvision.models.get_model_weights(backbone).__name__}.IMAGENET1K_V1"
+    return pretrained.resolve_name(weights, backbone, "torchvision")
 
 
 def load_weights(resnet: nn.Module, weights: str) -> None:
@@ -74,24 +74,40 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
         )
 
 
+def dcn_stages(config: BackboneConfig) -> tuple[str, ...]:
+    """The stages whose 3x3 convs are DCNv2, as in the official dcnv2 models: c3-c5 of a ResNet,
+    c4-c5 of a ResNeXt."""
+    if not config.dcn:
+        return ()
+    return ("layer3", "layer4") if config.name.startswith("resnext") else ("layer2", "layer3", "layer4")
+
+
 def load_msra_weights(resnet: nn.Module, config: BackboneConfig) -> None:
-    """Load ImageNet weights in the official layout (``backbone.body.*`` keys, FrozenBN buffers
-    included) from the ``.pth`` file ``config.weights`` into an MSRA-style ``resnet``.
+    """Load official ImageNet weights into an MSRA-style ``resnet``: ``config.weights`` is a catalog
+    name (or ``imagenet``, the catalog entry of ``config.name``), a Detectron ``.pkl``, or a ``.pth``
+    state dict in the official layout (``backbone.body.*`` keys, FrozenBN buffers included).
 
     DCNv2 offset convs absent from the file keep their initialisation, as in the official loader.
     """
     from atssrepro.model.official import BODY_PREFIX, convert_official_state_dict
 
-    path = Path(config.weights).expanduser()
-    if not path.is_file():
+    name = pretrained.resolve_name(config.weights, config.name, config.style)
+    is_file = Path(name).suffix in (".pkl", ".pth", ".pt") or Path(name).exists()
+    if name not in pretrained.CATALOG and not is_file:
         raise UserError(
-            f"model.backbone.weights = {config.weights!r}: style 'msra' takes a .pth file with the official "
-            "backbone.body.* keys (torchvision weights need model.backbone.style=torchvision)"
+            f"model.backbone.weights = {config.weights!r}: style 'msra' takes an official catalog name "
+            f"({', '.join(pretrained.CATALOG)}), a Detectron .pkl or a .pth file with the official backbone.body.* "
+            "keys (torchvision weights need model.backbone.style=torchvision)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or non-torch file
-        raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({e})") from None
+    path = pretrained.locate(name, config.name, config.style)
+    if path.suffix == ".pkl":
+        dcn_layers = [int(stage.removeprefix("layer")) for stage in dcn_stages(config)]
+        state = official_backbone_state(read_blobs(path), dcn_layers)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or non-torch file
+            raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({e})") from None
     if not isinstance(state, dict):
         raise UserError(f"model.backbone.weights: {path} holds a {type(state).__name__}, not a state dict")
     from atssrepro.config import ModelConfig
@@ -136,7 +152,7 @@ class ResNetFPN(nn.Module):
             load_weights(resnet, weights_name(config.name, config.weights))
         if config.dcn:
             # The official dcnv2 models: DCN in c3-c5 of a ResNet, c4-c5 of a ResNeXt.
-            for stage in ("layer3", "layer4") if resnext else ("layer2", "layer3", "layer4"):
+            for stage in dcn_stages(config):
                 replace_with_dcn(getattr(resnet, stage))
         if config.weights and msra:
             load_msra_weights(resnet, config)
