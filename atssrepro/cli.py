@@ -233,8 +233,14 @@ def run(
         None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
     ),
     wait: bool = typer.Option(False, "--wait", help="slurm: stay until every job has ended, then summarize."),
+    zoo_dir: Path | None = typer.Option(
+        None, "--zoo-dir", help="The folder of the official checkpoints that evaluation-only rows (zoo) import."
+    ),
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
+
+    Evaluation-only rows (``atssrepro run zoo --zoo-dir DIR``) import an official checkpoint of
+    DIR and evaluate it; a missing file fails that row only.
 
     Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
     GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
@@ -244,7 +250,7 @@ def run(
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store
 
-    runs = plan(load_specs(tables), preset, rows, seeds, data)
+    runs = plan(load_specs(tables), preset, rows, seeds, data, zoo_dir)
     if dry_run:
         print_plan(runs, as_json)
         return
@@ -298,13 +304,15 @@ def print_plan(runs: list, as_json: bool) -> None:
                 "tta": run.tta,
                 "config_diff": run.diff,
                 "cost_images": run.cost,
+                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
             }
             print(json.dumps(line))
         return
     table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
     for run in runs:
         diff = "\n".join(f"{k}={v}" for k, v in run.diff.items()) or "(base)"
-        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, f"{run.cost:,}")
+        cost = f"{run.cost:,}" if run.checkpoint is None else f"evaluation only: {run.checkpoint}"
+        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, cost)
     stdout.print(table)
     stdout.print(f"total: {sum(r.cost for r in runs):,} training images", highlight=False)
 
@@ -327,8 +335,7 @@ def list_tables(results: Path = ResultsOption, preset: str = PresetOption) -> No
 @app.command()
 def show(table_name: str = typer.Argument(..., metavar="TABLE"), preset: str = PresetOption) -> None:
     """A table's rows: their config fields, run ids and published numbers."""
-    from atssrepro import config as cfg
-    from atssrepro.harness.plan import flatten, resolve_row
+    from atssrepro.harness.plan import flatten, resolve_row, row_run_id
 
     (spec,) = load_specs([table_name])
     stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
@@ -336,9 +343,10 @@ def show(table_name: str = typer.Argument(..., metavar="TABLE"), preset: str = P
         stdout.print("base: " + ", ".join(f"{k}={v}" for k, v in flatten(spec.base).items()), highlight=False)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
-        run_id = "" if row.reference_only else cfg.config_id(resolve_row(spec, row, preset, 0))
+        run_id = "" if row.reference_only else row_run_id(row, resolve_row(spec, row, preset, 0))
         published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
-        config = "\n".join(f"{k}={v}" for k, v in flatten(row.config).items()) + ("\n+ tta" if row.tta else "")
+        lines = [f"{k}={v}" for k, v in flatten(row.config).items()] + (["+ tta"] if row.tta else [])
+        config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
         config = "(reference)" if row.reference_only else config or "(base)"
         table.add_row(row.id, row.label, config, run_id, *published)
     stdout.print(table)

@@ -49,6 +49,9 @@ class RowSpec:
     the same as the row without it, so nothing is trained twice."""
     reference_only: bool = False
     """A competitor's published numbers (Table 8): shown, never run."""
+    checkpoint: str = ""
+    """Evaluation only (the official model zoo): the file name, relative to ``--zoo-dir``, of an
+    official trained checkpoint. The row's run imports it and evaluates it; nothing is trained."""
     note: str = ""
     section: str = ""
     """A heading the row starts (Table 8: "anchor-based two-stage", ...)."""
@@ -58,6 +61,11 @@ class RowSpec:
     """layout "grid": the (row, column) cell this entry fills."""
     checked: tuple[str, ...] = ()
     """layout "checklist": the items ticked for this column."""
+
+    @property
+    def evaluation_only(self) -> bool:
+        """The row evaluates an official checkpoint instead of training its config."""
+        return bool(self.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -156,8 +164,11 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserError(f"{place}: published {metric} = {value!r} must be a number")
         config = _typed(raw.get("config", {}), dict, f"{place}: config")
-        if raw.get("reference_only") and (config or raw.get("tta")):
-            raise UserError(f"{place}: a reference_only row has no config and no tta: it is never run")
+        if raw.get("reference_only") and (config or raw.get("tta") or raw.get("checkpoint")):
+            raise UserError(f"{place}: a reference_only row has no config, tta or checkpoint: it is never run")
+        checkpoint = _typed(raw.get("checkpoint", ""), str, f"{place}: checkpoint")
+        if checkpoint and (Path(checkpoint).is_absolute() or ".." in Path(checkpoint).parts):
+            raise UserError(f"{place}: checkpoint {checkpoint!r} must be a file name inside --zoo-dir")
         _check_config(config, f"{place}: config")
         row = RowSpec(
             id=row_id,
@@ -166,6 +177,7 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
             published={k: float(v) for k, v in published.items()},
             tta=_typed(raw.get("tta", False), bool, f"{place}: tta"),
             reference_only=_typed(raw.get("reference_only", False), bool, f"{place}: reference_only"),
+            checkpoint=checkpoint,
             note=_typed(raw.get("note", ""), str, f"{place}: note"),
             section=_typed(raw.get("section", ""), str, f"{place}: section"),
             info={k: str(v) for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()},

@@ -1,0 +1,134 @@
+"""Evaluation-only rows (the official model zoo) and the pretrained-weights check before runs start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from atssrepro import config as cfg
+from atssrepro.errors import UserError
+from atssrepro.harness.executors import QueueExecutor, fetch_pretrained
+from atssrepro.harness.plan import plan
+from atssrepro.harness.specs import load_table, parse_table
+from atssrepro.harness.store import Store
+
+from cli import atssrepro
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "ATSS_TABLES.md"
+
+
+def test_zoo_spec_has_every_official_model_with_its_published_minival_ap():
+    zoo = load_table("zoo")
+    assert [row.label for row in zoo.rows] == [
+        "ATSS_R_50_FPN_1x", "ATSS_dcnv2_R_50_FPN_1x", "ATSS_R_101_FPN_2x", "ATSS_dcnv2_R_101_FPN_2x",
+        "ATSS_X_101_32x8d_FPN_2x", "ATSS_dcnv2_X_101_32x8d_FPN_2x", "ATSS_X_101_64x4d_FPN_2x",
+        "ATSS_dcnv2_X_101_64x4d_FPN_2x",
+    ]  # fmt: skip
+    assert all(row.evaluation_only and row.checkpoint == f"{row.label}.pth" for row in zoo.rows)
+    if PAPER.is_file():  # the facts file: "| ATSS_R_50_FPN_1x | No | 44ms | 39.3 | 39.3 |"
+        for row in zoo.rows:
+            line = re.search(rf"^\| {row.label} \| (\w+) \| \d+ms \| ([\d.]+) \|", PAPER.read_text(), re.M)
+            assert float(line[2]) == row.published["AP"], row.label
+            assert line[1] == row.info["Multi-scale training"]
+
+
+def test_zoo_rows_plan_one_evaluation_per_checkpoint_apart_from_trained_runs(tmp_path):
+    zoo = load_table("zoo")
+    runs = plan([zoo], "paper", seeds=3, zoo_dir=tmp_path)
+    assert len(runs) == 8 and all(run.seed == 0 and run.cost == 0 for run in runs)
+    assert [run.checkpoint for run in runs] == [tmp_path / row.checkpoint for row in zoo.rows]
+    r50 = runs[0].config
+    assert r50.model.backbone.weights == "" and r50.model.backbone.style == "msra"
+    dcn_x101 = runs[-1].config.model
+    assert dcn_x101.backbone.name == "resnext101_64x4d" and dcn_x101.backbone.dcn and dcn_x101.head.dcn
+    # Not the id of a run trained from the same config: the official weights get their own folder.
+    assert runs[0].run_id != cfg.config_id(r50)
+    assert [r.run_id for r in plan([zoo], "paper")] == [r.run_id for r in runs]  # --zoo-dir changes no id
+    with pytest.raises(UserError, match="evaluates an official checkpoint as it is: use --preset paper"):
+        plan([zoo], "smoke")
+
+
+def test_checkpoint_field_is_validated(tmp_path):
+    base = {"title": "Zoo", "caption": "c", "metrics": ["AP"]}
+    for row, message in [
+        ({"id": "a", "label": "A", "checkpoint": "/abs/a.pth"}, "must be a file name inside --zoo-dir"),
+        ({"id": "a", "label": "A", "checkpoint": "../a.pth"}, "must be a file name inside --zoo-dir"),
+        ({"id": "a", "label": "A", "checkpoint": 3}, "checkpoint: expected a str"),
+        ({"id": "a", "label": "A", "checkpoint": "a.pth", "reference_only": True}, "reference_only row has no"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            parse_table({**base, "rows": [row]}, tmp_path / "zoo.toml")
+
+
+@pytest.mark.slow
+def test_missing_checkpoints_fail_their_rows_only_and_status_shows_them(tmp_path):
+    results = tmp_path / "results"
+    common = ["--rows", "r50_1x", "--rows", "dcnv2_r50_1x", "--results", str(results)]
+    wide = {**os.environ, "COLUMNS": "500"}  # one progress line per run
+    zoo_dir = str(tmp_path / "zoo")
+    ran = atssrepro("run", "zoo", "--zoo-dir", zoo_dir, "--data", str(tmp_path), *common, check=False, env=wide)
+    assert ran.returncode == 1, ran.stderr
+    assert "0 of 2 runs finished" in ran.stderr and "Traceback" not in ran.stderr
+    assert ran.stderr.count("ATSS_R_50_FPN_1x.pth not found") == 2  # the progress line and the summary
+    status = atssrepro("status", "zoo", "--json", "--data", str(tmp_path), "--results", str(results))
+    status = status.stdout.splitlines()
+    status = [json.loads(line) for line in status]
+    by_rows = {tuple(s["rows"]): s for s in status}
+    missing = by_rows[("zoo/dcnv2_r50_1x",)]
+    assert missing["state"] == "failed" and "ATSS_dcnv2_R_50_FPN_1x.pth not found" in missing["message"]
+    assert by_rows[("zoo/r101_2x",)]["state"] == "not run"
+    no_dir = atssrepro("run", "zoo", "--data", str(tmp_path), *common, check=False)
+    assert "give --zoo-dir" in no_dir.stderr
+
+
+# --- pretrained weights are found before anything starts -----------------------------------------
+
+
+def _spec_with_weights(tmp_path: Path, weights: str) -> Path:
+    spec = tmp_path / "weights_table.toml"
+    spec.write_text(
+        'title = "W"\ncaption = "c"\nmetrics = ["AP"]\n[[rows]]\nid = "a"\nlabel = "A"\n'
+        f'config = {{ model.backbone.weights = "{weights}", model.backbone.name = "resnet50" }}\n'
+    )
+    return spec
+
+
+@pytest.mark.slow
+def test_missing_weights_stop_run_and_train_before_anything_starts_or_is_submitted(tmp_path, synth_coco):
+    missing = tmp_path / "nowhere" / "R-50.pkl"
+    spec = _spec_with_weights(tmp_path, str(missing))
+    results = tmp_path / "results"
+    for executor in (["--executor", "local"], ["--executor", "slurm", "--profile", "local"]):
+        ran = atssrepro("run", str(spec), "--data", str(synth_coco), "--results", str(results), *executor, check=False)
+        assert ran.returncode == 2, ran.stderr
+        assert f"model.backbone.weights: file {missing} not found" in ran.stderr, ran.stderr
+        assert not results.exists()  # no run folder, no snapshot, no job
+    out = tmp_path / "run"
+    trained = atssrepro("train", "--set", f"model.backbone.weights={missing}", "--data", str(synth_coco),
+                        "--out", str(out), check=False)  # fmt: skip
+    assert trained.returncode == 2 and f"file {missing} not found" in trained.stderr
+    assert json.loads((out / "run.json").read_text())["state"] == "pending"  # never started
+
+
+def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monkeypatch):
+    from atssrepro.model import pretrained
+
+    monkeypatch.setenv("ATSSREPRO_WEIGHTS", str(tmp_path / "cache"))
+    entry = pretrained.CATALOG["MSRA/R-50"]
+    offline = pretrained.CatalogEntry(entry.name, (tmp_path / "offline.pkl").as_uri(), entry.backbone)
+    monkeypatch.setitem(pretrained.CATALOG, "MSRA/R-50", offline)
+    spec = load_table(_spec_with_weights(tmp_path, "MSRA/R-50"))
+    runs = plan([spec], "paper", data_root=str(tmp_path))
+    store = Store(tmp_path / "results")
+    with pytest.raises(UserError, match=rf"put it at {re.escape(str(tmp_path / 'cache' / 'MSRA' / 'R-50.pkl'))}"):
+        QueueExecutor(Console(quiet=True), ["cpu"]).execute(runs, store)
+    assert not store.root.exists()
+    # A run that resumes from its checkpoint needs no ImageNet weights.
+    store.run(runs[0].run_id).path.mkdir(parents=True)
+    store.run(runs[0].run_id).checkpoint_path.write_bytes(b"")
+    fetch_pretrained(runs, store, force=False)
