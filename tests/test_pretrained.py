@@ -1,4 +1,4 @@
-"""Pretrained weights: Detectron .pkl files read safely and mapped as the official loader does; the catalog, its cache."""
+"""Pretrained weights: Detectron .pkl files read safely and mapped as the official loader maps them; the catalog."""
 
 from __future__ import annotations
 
