@@ -10,8 +10,10 @@ The mapping is strict: every official key is used exactly once and every key of 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -171,3 +173,32 @@ def convert_official_state_dict(
     if wrong:
         raise UserError(f"official state dict: shapes do not fit this model config: {'; '.join(wrong[:3])}")
     return converted
+
+
+def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict of an official checkpoint file, read with ``weights_only=True``.
+
+    The official trainer saves ``{"model": {"module.<key>": tensor}, "optimizer", "scheduler",
+    "iteration"}``; a file without ``"model"`` is taken as the state dict itself. ``module.`` is
+    stripped only when every key has it, as the official loader does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: official checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path}: holds objects other than tensors and plain containers, refused for safety "
+            f"({str(e).splitlines()[0][:200]}); re-save its 'model' state dict alone with torch.save"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+    model = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(model, dict) or not model or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise UserError(f"{path}: neither a state dict nor a checkpoint with a 'model' state dict of tensors")
+    if all(key.startswith("module.") for key in model):
+        model = {key.removeprefix("module."): value for key, value in model.items()}
+    return model
