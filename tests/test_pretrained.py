@@ -227,3 +227,28 @@ def test_msra_style_refuses_torchvision_weights_names():
 
     with pytest.raises(UserError, match="style 'msra' takes an official catalog name"):
         ResNetFPN(BackboneConfig(name="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1", style="msra"), 32)
+
+
+def test_a_run_records_the_weights_it_started_from(tmp_path, synth_coco):
+    """run.json's ``pretrained``: the configured weights, the file read and its sha256."""
+    import torchvision
+    from rich.console import Console
+
+    from atssrepro import config as cfg
+    from atssrepro.engine.run import execute
+    from atssrepro.engine.run_dir import RunDir
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    config = cfg.build_config(
+        None,
+        "smoke",
+        [f"model.backbone.weights={weights}", "train.iterations=1", "data.test_short_side=128", "data.max_size=128",
+         "data.train_short_side=[128, 128]", "data.num_workers=0"],
+        str(synth_coco),
+    )  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    execute(config, run, "smoke", Console(quiet=True))
+    record = run.info()["pretrained"]
+    assert record == {"weights": str(weights), "path": str(weights.resolve()), "sha256": pretrained.sha256(weights)}
+    assert run.info()["state"] == "done"
