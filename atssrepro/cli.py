@@ -27,6 +27,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Make datasets: the embedded s
 app.add_typer(data_app, name="data")
 analyze_app = typer.Typer(no_args_is_help=True, help="Analyses that need no GPU and no images.")
 app.add_typer(analyze_app, name="analyze")
+import_app = typer.Typer(no_args_is_help=True, help="Turn trained models from elsewhere into run folders.")
+app.add_typer(import_app, name="import")
 
 # Human-readable progress goes to stderr, so that --json leaves stdout to the JSON alone.
 console = Console(stderr=True)
@@ -113,6 +115,23 @@ def eval_(
     distributed.destroy()
     if metrics:
         print_metrics(metrics, as_json)
+
+
+@import_app.command("official")
+def import_official(
+    checkpoint: Path = typer.Argument(..., help="An official ATSS checkpoint (model_final.pth) or state dict."),
+    config: str = typer.Option(
+        ..., "--config", "-c", help="The zoo model's built-in config (atss_dcnv2_r101_fpn_2x, ...) or a TOML file."
+    ),
+    set_: list[str] = SetOption,
+    out: Path = typer.Option(..., "--out", "-o", help="The run folder to create."),
+) -> None:
+    """Import a checkpoint of the official ATSS code (sfzhang15/ATSS) as a run folder for ``atssrepro eval``."""
+    from atssrepro import config as cfg
+    from atssrepro.engine.official_import import import_official_checkpoint
+
+    run = import_official_checkpoint(checkpoint, cfg.build_config(config, "paper", set_), out)
+    console.print(f"run folder: {run}; evaluate it with: atssrepro eval {run} --data DATASET [--tta]")
 
 
 @app.command()

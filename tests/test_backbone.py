@@ -191,3 +191,54 @@ def test_resnext_weights_names_are_understood(name, monkeypatch):
     monkeypatch.setattr(type(enum), "get_state_dict", offline)
     with pytest.raises(UserError, match=rf"could not download {name}.*{enum.url}"):
         load_weights(torch.nn.Identity(), name)
+
+
+def test_msra_style_is_the_official_backbone():
+    """Stride in the first 1x1 conv of block 0 of res3-res5 (a ResNeXt keeps it in the 3x3 conv),
+    FrozenBN without eps, BGR 0-255 input minus the Caffe mean with std 1."""
+    backbone = ResNetFPN(BackboneConfig(name="resnet50", weights=""), 64)
+    resnet = backbone.body.body
+    for stage in ("layer2", "layer3", "layer4"):
+        block = getattr(resnet, stage)[0]
+        assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+        assert block.downsample[0].stride == (2, 2)
+    assert resnet.layer1[0].conv1.stride == (1, 1) and resnet.bn1.eps == 0.0
+    resnext = ResNetFPN(BackboneConfig(name="resnext101_32x8d", weights="", dcn=True), 32).body.body
+    assert resnext.layer3[0].conv1.stride == (1, 1) and resnext.layer3[0].conv2.stride == (2, 2)
+    assert resnext.layer3[0].conv2.offset.stride == (2, 2)
+    torchvision_style = ResNetFPN(BackboneConfig(name="resnet50", weights="", style="torchvision"), 64).body.body
+    assert torchvision_style.layer2[0].conv2.stride == (2, 2) and torchvision_style.bn1.eps == 1e-5
+
+    from atssrepro.config import ModelConfig
+    from atssrepro.model.detector import OneStageDetector
+
+    images = torch.tensor([[[[0]], [[128]], [[255]]]], dtype=torch.uint8)  # one RGB pixel
+    msra = OneStageDetector(ModelConfig(backbone=BackboneConfig(name="resnet18", weights="")), 3)
+    x = msra.normalize(images, torch.tensor([[1, 1]]))
+    assert x.flatten().tolist() == pytest.approx([255 - 102.9801, 128 - 115.9465, 0 - 122.7717])
+
+
+def test_msra_weights_from_a_file_with_the_official_keys(tmp_path):
+    source = ResNetFPN(BackboneConfig(name="resnet50", weights=""), 64).body.body
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    # Our keys -> the official ones: stem.conv1 / stem.bn1; the ResNet's layers keep their names.
+    official = {
+        f"backbone.body.{'stem.' if k.startswith(('conv1.', 'bn1.')) else ''}{k}": v
+        for k, v in source.state_dict().items()
+        if not k.startswith("fc.")
+    }
+    path = tmp_path / "msra_r50.pth"
+    torch.save(official, path)
+    backbone = ResNetFPN(BackboneConfig(name="resnet50", weights=str(path), dcn=True), 64)
+    loaded = backbone.body.body
+    assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+    assert torch.equal(loaded.layer3[2].conv2.weight, source.layer3[2].conv2.weight)  # into the DCN conv
+    assert not loaded.layer3[2].conv2.offset.weight.isnan().any()  # offsets keep their init
+    del official["backbone.body.layer1.0.conv3.weight"]
+    torch.save(official, path)
+    with pytest.raises(UserError, match=r"misses 1 keys \(backbone\.body\.body\.layer1\.0\.conv3\.weight\)"):
+        ResNetFPN(BackboneConfig(name="resnet50", weights=str(path)), 64)
+    with pytest.raises(UserError, match="style 'msra' takes a .pth file"):
+        ResNetFPN(BackboneConfig(name="resnet50", weights="imagenet"), 64)
