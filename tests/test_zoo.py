@@ -53,6 +53,15 @@ def test_zoo_rows_plan_one_evaluation_per_checkpoint_apart_from_trained_runs(tmp
         plan([zoo], "smoke")
 
 
+def test_zoo_rows_are_the_built_in_configs_of_the_zoo_models():
+    """The config each row evaluates with is the one `atssrepro import official --config NAME` takes."""
+    zoo = load_table("zoo")
+    for row, run in zip(zoo.rows, plan([zoo], "paper")):
+        name = row.label.lower().replace("r_50", "r50").replace("r_101", "r101").replace("x_101", "x101")
+        builtin = cfg.build_config(name, "paper", ["model.backbone.weights="])
+        assert cfg.config_id(builtin) == cfg.config_id(run.config), name
+
+
 def test_checkpoint_field_is_validated(tmp_path):
     base = {"title": "Zoo", "caption": "c", "metrics": ["AP"]}
     for row, message in [
