@@ -240,5 +240,5 @@ def test_msra_weights_from_a_file_with_the_official_keys(tmp_path):
     torch.save(official, path)
     with pytest.raises(UserError, match=r"misses 1 keys \(backbone\.body\.body\.layer1\.0\.conv3\.weight\)"):
         ResNetFPN(BackboneConfig(name="resnet50", weights=str(path)), 64)
-    with pytest.raises(UserError, match="style 'msra' takes a .pth file"):
-        ResNetFPN(BackboneConfig(name="resnet50", weights="imagenet"), 64)
+    with pytest.raises(UserError, match="style 'msra' takes an official catalog name"):
+        ResNetFPN(BackboneConfig(name="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1"), 64)
