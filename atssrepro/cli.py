@@ -273,6 +273,8 @@ def run(
     if dry_run:
         print_plan(runs, as_json)
         return
+    if zoo_dir is None and any(run.checkpoint for run in runs):
+        raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
     store = Store(results)
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices

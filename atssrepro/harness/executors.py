@@ -25,9 +25,10 @@ from typing import IO, Protocol
 from rich.console import Console
 
 from atssrepro.errors import UserError
+from atssrepro.engine.run_dir import RunDir
 from atssrepro.harness.plan import PlannedRun
-from atssrepro.model import pretrained
 from atssrepro.harness.store import Store
+from atssrepro.model import pretrained
 
 
 @dataclass
@@ -70,13 +71,14 @@ def import_command(run_dir: str, checkpoint: Path) -> list[str]:
             f"{run_dir}/config.toml", "--out", run_dir]  # fmt: skip
 
 
-def run_commands(run: PlannedRun, run_dir: str, launcher: Sequence[str]) -> list[list[str]]:
+def run_commands(run: PlannedRun, folder: RunDir, launcher: Sequence[str]) -> list[list[str]]:
     """What a run executes, in order: train (or, evaluation only, import the official checkpoint
-    and evaluate it), then the multi-scale evaluation if a row needs it."""
+    unless an earlier start did, and evaluate it), then the multi-scale evaluation if a row needs it."""
+    run_dir = str(folder.path)
     if run.checkpoint is None:
         commands = [train_command(run_dir, launcher)]
     else:
-        imported = (Path(run_dir) / "checkpoint.pt").exists()  # by an earlier start whose evaluation failed
+        imported = folder.checkpoint_path.exists()
         commands = [*([] if imported else [import_command(run_dir, run.checkpoint)]), eval_command(run_dir, launcher)]
     return commands + ([tta_command(run_dir, launcher)] if run.tta else [])
 
@@ -86,13 +88,10 @@ def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
     file to fetch, in its run folder (which ``status`` shows); None when there is nothing missing."""
     if run.checkpoint is None or run.checkpoint.is_file():
         return None
-    if str(run.checkpoint.parent) == ".":
-        message = f"evaluation only: give --zoo-dir, the folder of the official checkpoint {run.checkpoint}"
-    else:
-        message = (
-            f"official checkpoint {run.checkpoint} not found: download it from the official model zoo "
-            "(github.com/sfzhang15/ATSS, README) into --zoo-dir"
-        )
+    message = (
+        f"official checkpoint {run.checkpoint} not found: download it from the official model zoo "
+        "(github.com/sfzhang15/ATSS, README) into --zoo-dir"
+    )
     store.run(run.run_id).set_state("failed", message=message)
     return Outcome(run.run_id, "failed", message)
 
@@ -261,7 +260,7 @@ def run_one(
         folder.set_state(folder.info()["state"], devices=str(slot))
     doing = "training" if run.checkpoint is None else f"importing {run.checkpoint.name} and evaluating"
     console.print(f"{position} {run.run_id} ({rows}): {doing} on {slot}")
-    commands = run_commands(run, str(folder.path), launcher)
+    commands = run_commands(run, folder, launcher)
     outcome = Outcome(run.run_id, "done")
     with open(folder.path / "train.log", "a") as log:
         for command in commands:
