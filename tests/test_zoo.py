@@ -197,3 +197,36 @@ def test_zoo_rows_import_official_checkpoints_evaluate_them_and_report_them(tmp_
     # Done rows are not evaluated again.
     again = atssrepro("run", str(spec), "--zoo-dir", str(zoo_dir), "--rows", "r50", *where)
     assert "done already" in again.stderr
+
+
+def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(tmp_path):
+    from atssrepro.harness.slurm import SlurmExecutor, load_profile
+
+    runs = plan([load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(tmp_path), zoo_dir=tmp_path)
+    store = Store(tmp_path / "results")
+    outcomes = SlurmExecutor(Console(quiet=True), load_profile("local")).execute(runs, store)
+    assert [o.state for o in outcomes] == ["failed", "failed"]
+    assert outcomes[1].message.startswith(f"ATSS_R_101_FPN_2x.pth not found in {tmp_path}")
+    assert store.info(runs[1].run_id)["message"] == outcomes[1].message
+    assert not (store.root / ".snapshots").exists()  # nothing submitted
+
+
+def test_a_slurm_job_of_an_evaluation_only_run_imports_once_then_evaluates(tmp_path, monkeypatch):
+    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.harness import slurm
+
+    calls = []
+    monkeypatch.setattr(
+        "atssrepro.engine.official_import.import_official_checkpoint",
+        lambda checkpoint, config, out: calls.append(("import", checkpoint, out)),
+    )
+    monkeypatch.setattr(slurm, "evaluate_run", lambda path, console, tta=False: calls.append(("eval", path, tta)))
+    run = RunDir(tmp_path / "run")
+    run.init(cfg.Config(), "paper")
+    job = slurm.TrainJob(str(run.path), "paper", False, str(tmp_path), str(tmp_path / "official.pth"))
+    job._import_and_evaluate(run, Console(quiet=True))
+    assert calls == [("import", tmp_path / "official.pth", run.path), ("eval", run.path, False)]
+    run.checkpoint_path.write_bytes(b"")  # imported by an earlier start whose evaluation failed
+    calls.clear()
+    job._import_and_evaluate(run, Console(quiet=True))
+    assert calls == [("eval", run.path, False)]

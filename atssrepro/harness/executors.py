@@ -89,8 +89,8 @@ def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
     if run.checkpoint is None or run.checkpoint.is_file():
         return None
     message = (
-        f"official checkpoint {run.checkpoint} not found: download it from the official model zoo "
-        "(github.com/sfzhang15/ATSS, README) into --zoo-dir"
+        f"{run.checkpoint.name} not found in {run.checkpoint.parent}: download this official checkpoint "
+        "from the model zoo of github.com/sfzhang15/ATSS (README) into --zoo-dir"
     )
     store.run(run.run_id).set_state("failed", message=message)
     return Outcome(run.run_id, "failed", message)
