@@ -423,19 +423,19 @@ def cancel(
     """
     from atssrepro.harness.plan import plan
     from atssrepro.harness.slurm import cancel_jobs, live_jobs
-    from atssrepro.harness.specs import available_tables, load_table
+    from atssrepro.harness.specs import available_specs, load_table
     from atssrepro.harness.store import Store
 
     store = Store(results)
     run_ids: list[str] = []
     for target in targets:
-        if target in available_tables():
+        if target in available_specs():
             run_ids += [run.run_id for run in plan([load_table(target)], preset, (), seeds, data)]
         elif re.fullmatch(r"[0-9a-f]{12}", target) and store.run(target).state_path.is_file():
             run_ids.append(target)
         else:
             raise UserError(
-                f"{target!r} is neither a table ({', '.join(available_tables())}) nor the id of a run in {results}/"
+                f"{target!r} is neither a table ({', '.join(available_specs())}) nor the id of a run in {results}/"
             )
     jobs = {run_id: store.info(run_id).get("slurm_job_id") for run_id in dict.fromkeys(run_ids)}
     live = live_jobs(jobs.values())

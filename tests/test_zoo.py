@@ -91,6 +91,8 @@ def test_missing_checkpoints_fail_their_rows_only_and_status_shows_them(tmp_path
     missing = by_rows[("zoo/dcnv2_r50_1x",)]
     assert missing["state"] == "failed" and "ATSS_dcnv2_R_50_FPN_1x.pth not found" in missing["message"]
     assert by_rows[("zoo/r101_2x",)]["state"] == "not run"
+    cancelled = atssrepro("cancel", "zoo", "--data", str(tmp_path), "--results", str(results))
+    assert "cancelled 0 job(s)" in cancelled.stderr
     no_dir = atssrepro("run", "zoo", "--data", str(tmp_path), *common, check=False)
     assert no_dir.returncode == 2 and "give --zoo-dir DIR" in no_dir.stderr
 

@@ -107,7 +107,14 @@ class TableSpec:
 
 
 def available_tables(directory: Path = TABLES_DIR) -> list[str]:
+    """The paper's tables: table1..table8."""
     return sorted((p.stem for p in directory.glob("table*.toml")), key=lambda n: (len(n), n))
+
+
+def available_specs(directory: Path = TABLES_DIR) -> list[str]:
+    """Every spec: the paper's tables, then the others (``zoo``)."""
+    tables = available_tables(directory)
+    return tables + sorted(p.stem for p in directory.glob("*.toml") if p.stem not in tables)
 
 
 def load_table(name_or_path: str | Path, directory: Path = TABLES_DIR) -> TableSpec:
@@ -116,10 +123,10 @@ def load_table(name_or_path: str | Path, directory: Path = TABLES_DIR) -> TableS
     if not path.suffix:
         path = directory / f"{name_or_path}.toml"
     if not path.is_file():
-        hint = difflib.get_close_matches(str(name_or_path), available_tables(directory), n=1)
+        hint = difflib.get_close_matches(str(name_or_path), available_specs(directory), n=1)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
         raise UserError(
-            f"no table spec {str(name_or_path)!r}{suggestion} (tables: {', '.join(available_tables(directory))})"
+            f"no table spec {str(name_or_path)!r}{suggestion} (tables: {', '.join(available_specs(directory))})"
         )
     return parse_table(cfg.load_toml(path), path)
 
