@@ -39,15 +39,26 @@ class BackboneConfig:
     name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"] = "resnet50"
     """A torchvision ResNet or ResNeXt; its stages C3-C5 feed the FPN."""
     weights: str = "imagenet"
-    """Pretrained weights: ``imagenet`` (torchvision's ``IMAGENET1K_V1`` weights of ``name``), a
-    torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2``, a local ``.pth`` state-dict
-    file, or empty to train from scratch. None of torchvision's weights are the official runs' (MSRA
-    R-50/R-101, FAIR 20171220 X-101); for ``resnext101_64x4d`` torchvision's only weights come from
-    its new training recipe (83.2% top-1), much stronger than the FAIR X-101-64x4d the paper used."""
+    """Pretrained weights, or empty to train from scratch. Style ``msra``: ``imagenet`` (the official
+    ImageNet weights of ``name``: MSRA R-50/R-101, FAIR X-101-32x8d/64x4d), a catalog name of
+    ``model/pretrained.py`` (``MSRA/R-50``, ``MSRA/R-101``, ``FAIR/20171220/X-101-32x8d``,
+    ``FAIR/20171220/X-101-64x4d``: taken from ``$ATSSREPRO_WEIGHTS`` or ``~/.cache/atssrepro/weights``,
+    downloaded there when absent), a Detectron ``.pkl`` file, or a ``.pth`` state dict with the official
+    ``backbone.body.*`` keys. Style ``torchvision``: ``imagenet`` (torchvision's classic ImageNet weights
+    of ``name``, ``IMAGENET1K_V1``; for ``resnext101_64x4d`` those come from torchvision's new recipe, not
+    the FAIR weights of the paper), a torchvision weights name such as
+    ``ResNet50_Weights.IMAGENET1K_V2`` or a local ``.pth`` torchvision state dict."""
     trainable_stages: int = 3
     """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
     dcn: bool = False
     """DCNv2 (modulated deformable 3x3 convs) in stages c3-c5 of a ResNet, c4-c5 of a ResNeXt."""
+    style: Literal["msra", "torchvision"] = "msra"
+    """``msra``: the official models' backbone (Detectron/Caffe2 weights): FrozenBN without eps, input
+    BGR 0-255 minus the Caffe mean with std 1, and for a ResNet the stride of block 0 of res3-res5 in
+    its first 1x1 conv (``STRIDE_IN_1X1``; a ResNeXt keeps it in the 3x3 conv, the FAIR style).
+    ``torchvision``: torchvision's ResNets (stride in the 3x3 conv, FrozenBN eps 1e-5, RGB input
+    normalised by the ImageNet mean and std), as mmdetection's pytorch-style ATSS; it takes
+    torchvision weights."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +231,9 @@ class Config:
 # `demo` trains the smoke model long enough to learn the embedded synthetic dataset (~3 minutes).
 _SMOKE: dict[str, Any] = {
     "model": {
-        "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5, "dcn": False},
+        # From scratch with no BatchNorm statistics to freeze, the torchvision style's unit-variance
+        # input keeps the activations of an untrained ResNet in range; MSRA's 0-255 input does not.
+        "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5, "dcn": False, "style": "torchvision"},
         "fpn_channels": 64,
         "head": {"channels": 64, "convs": 2},
     },

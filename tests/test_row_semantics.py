@@ -19,6 +19,7 @@ from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine.train import GroupedTraining, build_optimizer
 from atssrepro.harness.plan import resolve_row
 from atssrepro.harness.specs import load_table
+from atssrepro.model import pretrained
 from atssrepro.model.box_coder import DeltaCoder
 from atssrepro.model.detector import OneStageDetector
 from atssrepro.model.losses import LossTerms, combine_losses, ltrb_iou_loss
@@ -236,4 +237,7 @@ def test_x101_rows_say_they_need_the_fair_weights() -> None:
     assert len(x101) == 6
     for row in x101:
         name = names[row.id]
-        assert f"FAIR/X-101-{name.removeprefix('resnext101_')}" in row.note, row.id
+        fair = f"FAIR/20171220/X-101-{name.removeprefix('resnext101_')}"
+        assert fair in row.note, row.id
+        backbone = resolve_row(spec, row, "paper", 0).model.backbone
+        assert pretrained.resolve_name(backbone.weights, backbone.name, backbone.style) == fair, row.id

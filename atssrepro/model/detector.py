@@ -17,6 +17,8 @@ from atssrepro.model.postprocess import Detections, postprocess
 # torchvision's ImageNet statistics, in 0-255 RGB, matching its pretrained ResNets.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+# The official models' (Detectron's Caffe weights): BGR 0-255 minus this mean, std 1.
+MSRA_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 
 
 class OneStageDetector(nn.Module):
@@ -38,12 +40,17 @@ class OneStageDetector(nn.Module):
         self.head = DetectionHead(
             config.fpn_channels, num_classes, self.anchors_per_location, config.head, point_regression=point
         )
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        # The backbone's input: channels in this order from the RGB images, minus mean, over std.
+        msra = config.backbone.style == "msra"
+        self.channels = [2, 1, 0] if msra else [0, 1, 2]
+        mean, std = (MSRA_PIXEL_MEAN_BGR, (1.0, 1.0, 1.0)) if msra else (PIXEL_MEAN, PIXEL_STD)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, images: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> float [B, 3, H, W], with the padding zero after normalisation."""
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        """uint8 RGB [B, 3, H, W] -> float [B, 3, H, W] in the backbone's channel order and
+        normalisation, with the padding zero after normalisation."""
+        x = (images[:, self.channels].float() - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
         rows = torch.arange(h, device=x.device)[None, :, None] < image_sizes[:, 0, None, None]
         cols = torch.arange(w, device=x.device)[None, None, :] < image_sizes[:, 1, None, None]
