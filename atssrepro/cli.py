@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +27,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Make datasets: the embedded s
 app.add_typer(data_app, name="data")
 analyze_app = typer.Typer(no_args_is_help=True, help="Analyses that need no GPU and no images.")
 app.add_typer(analyze_app, name="analyze")
+import_app = typer.Typer(no_args_is_help=True, help="Turn trained models from elsewhere into run folders.")
+app.add_typer(import_app, name="import")
 
 # Human-readable progress goes to stderr, so that --json leaves stdout to the JSON alone.
 console = Console(stderr=True)
@@ -115,6 +117,23 @@ def eval_(
         print_metrics(metrics, as_json)
 
 
+@import_app.command("official")
+def import_official(
+    checkpoint: Path = typer.Argument(..., help="An official ATSS checkpoint (model_final.pth) or state dict."),
+    config: str = typer.Option(
+        ..., "--config", "-c", help="The zoo model's built-in config (atss_dcnv2_r101_fpn_2x, ...) or a TOML file."
+    ),
+    set_: list[str] = SetOption,
+    out: Path = typer.Option(..., "--out", "-o", help="The run folder to create."),
+) -> None:
+    """Import a checkpoint of the official ATSS code (sfzhang15/ATSS) as a run folder for ``atssrepro eval``."""
+    from atssrepro import config as cfg
+    from atssrepro.engine.official_import import import_official_checkpoint
+
+    run = import_official_checkpoint(checkpoint, cfg.build_config(config, "paper", set_), out)
+    console.print(f"run folder: {run}; evaluate it with: atssrepro eval {run} --data DATASET [--tta]")
+
+
 @app.command()
 def predict(
     target: Path = typer.Argument(..., help="A run folder or a checkpoint file."),
@@ -150,12 +169,13 @@ def show_config(
     set_: list[str] = SetOption,
     data: str | None = DataOption,
 ) -> None:
-    """Print the fully resolved config as TOML, headed by its id."""
+    """Print the fully resolved config as TOML, headed by its id: save it and pass it back with --config FILE."""
     from atssrepro import config as cfg
 
     resolved = cfg.build_config(config, preset, set_, data)
-    stdout.print(f"# id: {cfg.config_id(resolved)}", highlight=False)
-    stdout.print(cfg.to_toml(resolved), highlight=False, markup=False)
+    # Plain print: a console would wrap long lines, and wrapped TOML is no longer the config.
+    print(f"# id: {cfg.config_id(resolved)}")
+    print(cfg.to_toml(resolved), end="")
 
 
 @data_app.command("synth")
@@ -236,8 +256,14 @@ def run(
         None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
     ),
     wait: bool = typer.Option(False, "--wait", help="slurm: stay until every job has ended, then summarize."),
+    zoo_dir: Path | None = typer.Option(
+        None, "--zoo-dir", help="The folder of the official checkpoints that evaluation-only rows (zoo) import."
+    ),
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
+
+    Evaluation-only rows (``atssrepro run zoo --zoo-dir DIR``) import an official checkpoint of
+    DIR and evaluate it; a missing file fails that row only.
 
     Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
     GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
@@ -247,7 +273,7 @@ def run(
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store
 
-    runs = plan(load_specs(tables), preset, rows, seeds, data)
+    runs = plan(load_specs(tables), preset, rows, seeds, data, zoo_dir)
     if dry_run:
         from atssrepro.harness.throughput import local_device
 
@@ -255,6 +281,8 @@ def run(
         return
     if gpu_type is not None:
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
+    if zoo_dir is None and any(run.checkpoint for run in runs):
+        raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
     store = Store(results)
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
@@ -307,15 +335,19 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
                 "tta": run.tta,
                 "config_diff": run.diff,
                 "cost_images": run.cost,
+                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
                 "device": device,
                 "device_hours": device_hours(run.cost, device) if run.preset == "paper" else None,
             }
             print(json.dumps(line))
         return
+    from atssrepro.harness.plan import assignments
+
     table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
     for run in runs:
-        diff = "\n".join(f"{k}={v}" for k, v in run.diff.items()) or "(base)"
-        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, f"{run.cost:,}")
+        diff = "\n".join(assignments(run.diff)) or "(base)"
+        cost = f"{run.cost:,}" if run.checkpoint is None else f"evaluation only: {run.checkpoint}"
+        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, cost)
     stdout.print(table)
     total = sum(r.cost for r in runs)
     stdout.print(f"total: {total:,} training images", highlight=False)
@@ -323,7 +355,12 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
 
 
 @app.command("list")
-def list_tables(results: Path = ResultsOption, preset: str = PresetOption) -> None:
+def list_tables(
+    results: Path = ResultsOption,
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+) -> None:
     """The tables, their rows and how many of their runs are done."""
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store
@@ -331,29 +368,36 @@ def list_tables(results: Path = ResultsOption, preset: str = PresetOption) -> No
     store = Store(results)
     table = make_table("table", "caption", "rows", "runs", f"done ({preset})")
     for spec in load_specs(None):
-        runs = plan([spec], preset)
+        runs = plan([spec], preset, (), seeds, data)
         done = sum(store.state(r.run_id) == "done" for r in runs)
         table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
     stdout.print(table)
 
 
 @app.command()
-def show(table_name: str = typer.Argument(..., metavar="TABLE"), preset: str = PresetOption) -> None:
-    """A table's rows: their config fields, run ids and published numbers."""
-    from atssrepro import config as cfg
-    from atssrepro.harness.plan import flatten, resolve_row
+def show(
+    table_name: str = typer.Argument(..., metavar="TABLE"),
+    preset: str = PresetOption,
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    data: str | None = DataOption,
+) -> None:
+    """A table's rows: their config fields (as --set takes them), run ids and published numbers."""
+    from atssrepro.harness.plan import assignments, resolve_row, row_run_id, row_seeds
 
     (spec,) = load_specs([table_name])
     stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
     if spec.base:
-        stdout.print("base: " + ", ".join(f"{k}={v}" for k, v in flatten(spec.base).items()), highlight=False)
+        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False, soft_wrap=True)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
-        run_id = "" if row.reference_only else cfg.config_id(resolve_row(spec, row, preset, 0))
+        run_ids = [] if row.reference_only else [
+            row_run_id(row, resolve_row(spec, row, preset, seed, data)) for seed in row_seeds(row, seeds)
+        ]  # fmt: skip
         published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
-        config = "\n".join(f"{k}={v}" for k, v in flatten(row.config).items()) + ("\n+ tta" if row.tta else "")
+        lines = assignments(row.config) + (["+ tta"] if row.tta else [])
+        config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
         config = "(reference)" if row.reference_only else config or "(base)"
-        table.add_row(row.id, row.label, config, run_id, *published)
+        table.add_row(row.id, row.label, config, "\n".join(run_ids), *published)
     stdout.print(table)
 
 
@@ -407,19 +451,19 @@ def cancel(
     """
     from atssrepro.harness.plan import plan
     from atssrepro.harness.slurm import cancel_jobs, live_jobs
-    from atssrepro.harness.specs import available_tables, load_table
+    from atssrepro.harness.specs import available_specs, load_table
     from atssrepro.harness.store import Store
 
     store = Store(results)
     run_ids: list[str] = []
     for target in targets:
-        if target in available_tables():
+        if target in available_specs():
             run_ids += [run.run_id for run in plan([load_table(target)], preset, (), seeds, data)]
         elif re.fullmatch(r"[0-9a-f]{12}", target) and store.run(target).state_path.is_file():
             run_ids.append(target)
         else:
             raise UserError(
-                f"{target!r} is neither a table ({', '.join(available_tables())}) nor the id of a run in {results}/"
+                f"{target!r} is neither a table ({', '.join(available_specs())}) nor the id of a run in {results}/"
             )
     jobs = {run_id: store.info(run_id).get("slurm_job_id") for run_id in dict.fromkeys(run_ids)}
     live = live_jobs(jobs.values())
@@ -522,8 +566,5 @@ def main() -> None:
         check_torch_pair()
         app()
     except UserError as e:
-        # An error raised in a DataLoader worker arrives wrapped in the worker's traceback text;
-        # its last line holds the message.
-        message = str(e).strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -39,13 +39,26 @@ class BackboneConfig:
     name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"] = "resnet50"
     """A torchvision ResNet or ResNeXt; its stages C3-C5 feed the FPN."""
     weights: str = "imagenet"
-    """Pretrained weights: ``imagenet`` (torchvision's classic ImageNet weights of ``name``, the
-    ``IMAGENET1K_V1`` of the paper's era), a torchvision weights name such as
-    ``ResNet50_Weights.IMAGENET1K_V2``, a local ``.pth`` state-dict file, or empty to train from scratch."""
+    """Pretrained weights, or empty to train from scratch. Style ``msra``: ``imagenet`` (the official
+    ImageNet weights of ``name``: MSRA R-50/R-101, FAIR X-101-32x8d/64x4d), a catalog name of
+    ``model/pretrained.py`` (``MSRA/R-50``, ``MSRA/R-101``, ``FAIR/20171220/X-101-32x8d``,
+    ``FAIR/20171220/X-101-64x4d``: taken from ``$ATSSREPRO_WEIGHTS`` or ``~/.cache/atssrepro/weights``,
+    downloaded there when absent), a Detectron ``.pkl`` file, or a ``.pth`` state dict with the official
+    ``backbone.body.*`` keys. Style ``torchvision``: ``imagenet`` (torchvision's classic ImageNet weights
+    of ``name``, ``IMAGENET1K_V1``; for ``resnext101_64x4d`` those come from torchvision's new recipe, not
+    the FAIR weights of the paper), a torchvision weights name such as
+    ``ResNet50_Weights.IMAGENET1K_V2`` or a local ``.pth`` torchvision state dict."""
     trainable_stages: int = 3
     """How many of the last stages train (0-5); 3 freezes the stem and res2 (``FREEZE_CONV_BODY_AT 2``)."""
     dcn: bool = False
     """DCNv2 (modulated deformable 3x3 convs) in stages c3-c5 of a ResNet, c4-c5 of a ResNeXt."""
+    style: Literal["msra", "torchvision"] = "msra"
+    """``msra``: the official models' backbone (Detectron/Caffe2 weights): FrozenBN without eps, input
+    BGR 0-255 minus the Caffe mean with std 1, and for a ResNet the stride of block 0 of res3-res5 in
+    its first 1x1 conv (``STRIDE_IN_1X1``; a ResNeXt keeps it in the 3x3 conv, the FAIR style).
+    ``torchvision``: torchvision's ResNets (stride in the 3x3 conv, FrozenBN eps 1e-5, RGB input
+    normalised by the ImageNet mean and std), as mmdetection's pytorch-style ATSS; it takes
+    torchvision weights."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,10 @@ class HeadConfig:
     """One learnable scalar per level on the regression output (Table 1 "Scalar")."""
     dcn: bool = False
     """DCNv2 in the last conv of each tower (the official dcnv2 models)."""
+    point_bias_init: float = 4.0
+    """Initial bias of the regression output with ``model.regression = 'point'`` (any finite number):
+    4.0 starts every point at the 8S box, the official ATSS POINT head; 0.0 is the FCOS module's
+    (Table 3 "FCOS + Center sampling"). Box regression always starts at bias 0."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +85,8 @@ class AnchorConfig:
     scale: float = 8.0
     """Anchor side in units of the level stride: 8 gives 8S = 64..1024 on P3..P7."""
     aspect_ratios: tuple[float, ...] = (1.0,)
-    """Height / width of each anchor at a location (maskrcnn-benchmark convention)."""
+    """Height / width of each anchor at a location (maskrcnn-benchmark convention), each > 0; shapes
+    are rounded as the official generator rounds them (``model/anchors.py::cell_anchors``)."""
     scales_per_octave: int = 1
     """Octave scales 2^(i/n), i < n, multiplied on ``scale``."""
 
@@ -98,11 +116,21 @@ class AssignConfig:
 class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    regression: Literal["giou", "smooth_l1"] = "giou"
-    """GIoU on decoded boxes, or RetinaNet's smooth-L1 on encoded targets (Table 1 "GIoU Loss")."""
-    smooth_l1_beta: float = 1.0 / 9.0
+    regression: Literal["giou", "smooth_l1", "ltrb_iou", "ltrb_giou"] = "giou"
+    """``giou``: GIoU on decoded boxes (official ATSS); ``smooth_l1``: RetinaNet's smooth-L1 on encoded
+    targets (Table 1 "GIoU Loss" off); ``ltrb_iou`` / ``ltrb_giou``: the FCOS module's IOULoss on the
+    stride-normalised (l, t, r, b) with the IoU smoothed as (inter + 1) / (union + 1), -log IoU or
+    1 - GIoU (needs ``model.regression = 'point'``)."""
+    smooth_l1_beta: float = 0.11
+    """Smooth-L1 transition point (> 0): 0.11, the official ``RETINANET.BBOX_REG_BETA``."""
     reg_weight: float = 2.0
-    """Weight of the regression loss: 2.0 is the official ATSS GIoU weight, RetinaNet's smooth-L1 uses 1.0."""
+    """Weight of the regression loss (>= 0): 2.0 is the official ATSS GIoU weight; RetinaNet's smooth-L1
+    and the FCOS module's IOULoss use 1.0."""
+    normalizer: Literal["atss", "retinanet"] = "atss"
+    """How the losses are normalised (``model/losses.py::combine_losses``): ``atss`` over the whole
+    batch by the mean #positives per padding group (official ATSS and FCOS); ``retinanet`` per padding
+    group, classification by #positives + #images and smooth-L1 by max(1, 4 #positives), as the
+    maskrcnn-benchmark RetinaNet does per GPU (needs ``smooth_l1`` and no centerness)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +182,11 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 16
     """Global batch over all processes."""
+    pad_group: int = 2
+    """Images padded to one canvas and run through the model together (>= 1): the official per-GPU
+    batch, 16 images over 8 GPUs = 2. Each process splits its share of ``batch_size`` into groups of
+    this many, so padding, the head's GroupNorm statistics and the per-group loss normalisers never
+    depend on the number of processes; ``batch_size`` / processes must be a multiple of it."""
     base_lr: float = 0.01
     """Learning rate at batch 16; the run uses ``base_lr * batch_size / 16``."""
     iterations: int = 90_000
@@ -166,8 +199,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     bias_lr_factor: float = 2.0
     bias_weight_decay: float = 0.0
-    amp: Literal["off", "bf16", "fp16"] = "bf16"
-    """Mixed precision on CUDA; ignored on the CPU, which always trains in fp32."""
+    amp: Literal["off", "tf32", "bf16", "fp16"] = "off"
+    """Training precision on CUDA: ``off`` is fp32 with TF32 math off, the official code's precision;
+    ``tf32`` (TF32 tensor cores for convolutions and matmuls), ``bf16`` and ``fp16`` (autocast) are
+    departures (docs/semantics.md). Ignored on the CPU, which always trains in fp32; evaluation and
+    TTA always run in fp32, TF32 off."""
     checkpoint_every: int = 5000
     log_every: int = 20
     seed: int = 0
@@ -195,7 +231,9 @@ class Config:
 # `demo` trains the smoke model long enough to learn the embedded synthetic dataset (~3 minutes).
 _SMOKE: dict[str, Any] = {
     "model": {
-        "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5, "dcn": False},
+        # From scratch with no BatchNorm statistics to freeze, the torchvision style's unit-variance
+        # input keeps the activations of an untrained ResNet in range; MSRA's 0-255 input does not.
+        "backbone": {"name": "resnet18", "weights": "", "trainable_stages": 5, "dcn": False, "style": "torchvision"},
         "fpn_channels": 64,
         "head": {"channels": 64, "convs": 2},
     },
@@ -390,6 +428,15 @@ def check_consistency(config: Config) -> None:
     m = config.model
     if m.head.group_norm and m.head.channels % 32:
         problems.append(f"model.head.channels = {m.head.channels} must be a multiple of 32 (GroupNorm(32))")
+    if t.pad_group < 1 or t.batch_size % t.pad_group:
+        problems.append(f"train.pad_group = {t.pad_group} must be >= 1 and divide train.batch_size = {t.batch_size}")
+    if m.loss.regression.startswith("ltrb_") and m.regression != "point":
+        problems.append(f"model.loss.regression = {m.loss.regression!r} needs model.regression = 'point'")
+    if m.loss.normalizer == "retinanet" and (m.loss.regression != "smooth_l1" or m.head.centerness):
+        problems.append(
+            "model.loss.normalizer = 'retinanet' needs model.loss.regression = 'smooth_l1' "
+            "and model.head.centerness = false"
+        )
     if m.regression == "point" and len(m.anchors.aspect_ratios) * m.anchors.scales_per_octave != 1:
         problems.append("model.regression = 'point' needs one anchor per location")
     ranges = m.assign.scale_ranges
@@ -399,6 +446,23 @@ def check_consistency(config: Config) -> None:
         problems.append("model.backbone.trainable_stages must be in 0..5")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
+
+
+def batch_split_problem(train: TrainConfig, processes: int) -> tuple[str, str] | None:
+    """Why ``processes`` processes cannot share ``train.batch_size`` in whole padding groups, and the
+    fix, or None when they can."""
+    if train.batch_size % processes:
+        problem = f"train.batch_size = {train.batch_size} cannot be split over {processes} processes"
+        return problem, "use a divisor of it"
+    share = train.batch_size // processes
+    if share % train.pad_group:
+        return (
+            f"train.batch_size = {train.batch_size} over {processes} processes gives {share} images per process, "
+            f"not a multiple of train.pad_group = {train.pad_group}",
+            f"use a train.batch_size that is a multiple of {processes * train.pad_group} "
+            f"or a train.pad_group that divides {share}",
+        )
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -7,3 +7,16 @@ class UserError(Exception):
     The CLI prints ``str(error)`` on one line and exits with code 2, without a traceback.
     The message names the file, key or value at fault and says how to fix it.
     """
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as the one line a user reads, ``UserError`` messages without their type.
+
+    An exception raised in a DataLoader worker reaches the main process re-raised with the worker's
+    whole traceback as its message; its last line holds the original type and message.
+    """
+    text = str(error).strip()
+    if "\nOriginal Traceback" in text:
+        text = text.splitlines()[-1]
+        return text.removeprefix(f"{UserError.__module__}.{UserError.__name__}: ")
+    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"

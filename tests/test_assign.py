@@ -90,11 +90,12 @@ def test_topk_is_per_level():
 
 @pytest.mark.filterwarnings("ignore:std():UserWarning")  # the single-candidate case, on purpose
 def test_candidates_are_topk_times_anchors_per_location():
-    # One location holds a 2:1 and a 1:2 anchor of equal IoU with the square GT. With topk=1 and
+    # One location holds a 4:1 and a 1:4 anchor of equal IoU with the square GT (ratios 0.5 and 2
+    # are rounded by the official generator, so their IoUs differ). With topk=1 and
     # A=2 both are candidates (threshold = their IoU, both pass); with A ignored there would be a
     # single candidate, whose std is undefined, and no positive at all.
-    pair = (cell_anchors(8, 8.0, (0.5, 2.0), 1) + 32).tolist()
-    far = (cell_anchors(8, 8.0, (0.5, 2.0), 1) + 400).tolist()
+    pair = (cell_anchors(8, 8.0, (0.25, 4.0), 1) + 32).tolist()
+    far = (cell_anchors(8, 8.0, (0.25, 4.0), 1) + 400).tolist()
     anchors = pair + far
     gt = [[0, 0, 64, 64]]
     assert assign_one(anchors, gt, per_location=2, topk=1) == [0, 0, BACKGROUND, BACKGROUND]

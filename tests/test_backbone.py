@@ -17,7 +17,7 @@ from atssrepro.model.dcn import ModulatedDeformConv2d
 
 
 def test_stem_and_res2_are_frozen_by_default():
-    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=""), 64)
+    backbone = ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=""), 64)
     trainable = {
         name.split(".")[2] for name, p in backbone.body.body.named_parameters(prefix="body.body") if p.requires_grad
     }
@@ -30,7 +30,7 @@ def test_weights_from_a_local_file(tmp_path):
     reference = torchvision.models.resnet18()
     path = tmp_path / "r18.pth"
     torch.save(reference.state_dict(), path)
-    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=str(path)), 64)
+    backbone = ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=str(path)), 64)
     assert torch.equal(backbone.body.body.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
 
 
@@ -38,15 +38,15 @@ def test_bad_weights_are_one_line_errors(tmp_path, monkeypatch):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt.pth"):
-        ResNetFPN(BackboneConfig(name="resnet18", weights=str(corrupt)), 64)
+        ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=str(corrupt)), 64)
     with pytest.raises(UserError, match="not found"):
-        ResNetFPN(BackboneConfig(name="resnet18", weights=str(tmp_path / "missing.pth")), 64)
+        ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=str(tmp_path / "missing.pth")), 64)
     wrong = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50().state_dict(), wrong)
     with pytest.raises(UserError, match="does not fit"):
-        ResNetFPN(BackboneConfig(name="resnet18", weights=str(wrong)), 64)
+        ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=str(wrong)), 64)
     with pytest.raises(UserError, match="torchvision weights name"):
-        ResNetFPN(BackboneConfig(name="resnet18", weights="ResNet18_Weights.NOPE"), 64)
+        ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights="ResNet18_Weights.NOPE"), 64)
 
 
 def test_imagenet_resolves_to_the_classic_torchvision_weights():
@@ -61,7 +61,7 @@ def test_offline_download_says_how_to_provide_the_file(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(UserError, match=r"https://download\.pytorch\.org/.*--set model\.backbone\.weights="):
-        ResNetFPN(BackboneConfig(name="resnet18", weights="ResNet18_Weights.IMAGENET1K_V1"), 64)
+        ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights="ResNet18_Weights.IMAGENET1K_V1"), 64)
 
 
 def test_broken_torchvision_is_reported_in_one_line():
@@ -76,7 +76,7 @@ def test_broken_torchvision_is_reported_in_one_line():
 
 @pytest.mark.parametrize("p6_from, p6_in", [("c5", 512), ("p5", 64)])
 def test_p6_from_c5_or_p5(p6_from, p6_in):
-    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=""), 64, p6_from=p6_from)
+    backbone = ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=""), 64, p6_from=p6_from)
     extra = backbone.body.fpn.extra_blocks
     assert extra.p6.in_channels == p6_in and extra.use_P5 == (p6_from == "p5")
     features = backbone(torch.zeros(1, 3, 64, 64))
@@ -85,7 +85,7 @@ def test_p6_from_c5_or_p5(p6_from, p6_in):
 
 def test_p6_from_c5_even_when_c5_has_the_fpn_width():
     # resnet18's C5 has 512 channels: torchvision alone would then read P5.
-    backbone = ResNetFPN(BackboneConfig(name="resnet18", weights=""), 512, p6_from="c5")
+    backbone = ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights=""), 512, p6_from="c5")
     seen = []
     backbone.body.fpn.extra_blocks.p6.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     image = torch.randn(1, 3, 64, 64)
@@ -152,7 +152,7 @@ def test_dcn_resnet50_keeps_the_pretrained_weights(tmp_path):
     reference = torchvision.models.resnet50()
     path = tmp_path / "r50.pth"
     torch.save(reference.state_dict(), path)
-    backbone = ResNetFPN(BackboneConfig(name="resnet50", weights=str(path), dcn=True), 64)
+    backbone = ResNetFPN(BackboneConfig(style="torchvision", name="resnet50", weights=str(path), dcn=True), 64)
     body = backbone.body.body
     blocks = {"layer2": 4, "layer3": 6, "layer4": 3}
     assert _dcn_convs(backbone) == {f"{stage}.{i}.conv2" for stage, n in blocks.items() for i in range(n)}
@@ -167,7 +167,7 @@ def test_dcn_resnet50_keeps_the_pretrained_weights(tmp_path):
 
 
 def test_dcn_resnext_has_dcn_in_c4_c5_only():
-    backbone = ResNetFPN(BackboneConfig(name="resnext101_32x8d", weights="", dcn=True), 32)
+    backbone = ResNetFPN(BackboneConfig(style="torchvision", name="resnext101_32x8d", weights="", dcn=True), 32)
     body = backbone.body.body
     assert _dcn_convs(backbone) == {f"layer3.{i}.conv2" for i in range(23)} | {f"layer4.{i}.conv2" for i in range(3)}
     assert body.layer3[0].conv2.groups == 32 and body.layer3[0].conv2.weight.shape == (1024, 32, 3, 3)
@@ -179,7 +179,7 @@ def test_dcn_resnext_has_dcn_in_c4_c5_only():
 
 def test_dcn_needs_bottleneck_blocks():
     with pytest.raises(UserError, match="model.backbone.dcn needs a Bottleneck ResNet"):
-        ResNetFPN(BackboneConfig(name="resnet18", weights="", dcn=True), 64)
+        ResNetFPN(BackboneConfig(style="torchvision", name="resnet18", weights="", dcn=True), 64)
 
 
 @pytest.mark.parametrize("name", ["ResNeXt101_32X8D_Weights.IMAGENET1K_V1", "ResNeXt101_64X4D_Weights.IMAGENET1K_V1"])
@@ -191,3 +191,54 @@ def test_resnext_weights_names_are_understood(name, monkeypatch):
     monkeypatch.setattr(type(enum), "get_state_dict", offline)
     with pytest.raises(UserError, match=rf"could not download {name}.*{enum.url}"):
         load_weights(torch.nn.Identity(), name)
+
+
+def test_msra_style_is_the_official_backbone():
+    """Stride in the first 1x1 conv of block 0 of res3-res5 (a ResNeXt keeps it in the 3x3 conv),
+    FrozenBN without eps, BGR 0-255 input minus the Caffe mean with std 1."""
+    backbone = ResNetFPN(BackboneConfig(name="resnet50", weights=""), 64)
+    resnet = backbone.body.body
+    for stage in ("layer2", "layer3", "layer4"):
+        block = getattr(resnet, stage)[0]
+        assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+        assert block.downsample[0].stride == (2, 2)
+    assert resnet.layer1[0].conv1.stride == (1, 1) and resnet.bn1.eps == 0.0
+    resnext = ResNetFPN(BackboneConfig(name="resnext101_32x8d", weights="", dcn=True), 32).body.body
+    assert resnext.layer3[0].conv1.stride == (1, 1) and resnext.layer3[0].conv2.stride == (2, 2)
+    assert resnext.layer3[0].conv2.offset.stride == (2, 2)
+    torchvision_style = ResNetFPN(BackboneConfig(name="resnet50", weights="", style="torchvision"), 64).body.body
+    assert torchvision_style.layer2[0].conv2.stride == (2, 2) and torchvision_style.bn1.eps == 1e-5
+
+    from atssrepro.config import ModelConfig
+    from atssrepro.model.detector import OneStageDetector
+
+    images = torch.tensor([[[[0]], [[128]], [[255]]]], dtype=torch.uint8)  # one RGB pixel
+    msra = OneStageDetector(ModelConfig(backbone=BackboneConfig(name="resnet18", weights="")), 3)
+    x = msra.normalize(images, torch.tensor([[1, 1]]))
+    assert x.flatten().tolist() == pytest.approx([255 - 102.9801, 128 - 115.9465, 0 - 122.7717])
+
+
+def test_msra_weights_from_a_file_with_the_official_keys(tmp_path):
+    source = ResNetFPN(BackboneConfig(name="resnet50", weights=""), 64).body.body
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    # Our keys -> the official ones: stem.conv1 / stem.bn1; the ResNet's layers keep their names.
+    official = {
+        f"backbone.body.{'stem.' if k.startswith(('conv1.', 'bn1.')) else ''}{k}": v
+        for k, v in source.state_dict().items()
+        if not k.startswith("fc.")
+    }
+    path = tmp_path / "msra_r50.pth"
+    torch.save(official, path)
+    backbone = ResNetFPN(BackboneConfig(name="resnet50", weights=str(path), dcn=True), 64)
+    loaded = backbone.body.body
+    assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+    assert torch.equal(loaded.layer3[2].conv2.weight, source.layer3[2].conv2.weight)  # into the DCN conv
+    assert not loaded.layer3[2].conv2.offset.weight.isnan().any()  # offsets keep their init
+    del official["backbone.body.layer1.0.conv3.weight"]
+    torch.save(official, path)
+    with pytest.raises(UserError, match=r"misses 1 keys \(backbone\.body\.body\.layer1\.0\.conv3\.weight\)"):
+        ResNetFPN(BackboneConfig(name="resnet50", weights=str(path)), 64)
+    with pytest.raises(UserError, match="style 'msra' takes an official catalog name"):
+        ResNetFPN(BackboneConfig(name="resnet50", weights="ResNet50_Weights.IMAGENET1K_V1"), 64)

@@ -81,3 +81,14 @@ def test_executor_options_that_do_not_fit_are_one_line_errors(tmp_path):
     assert_one_line_error(atssrepro("run", "table4", "-e", "slurm", *results, check=False), "needs --profile")
     assert_one_line_error(atssrepro("cancel", "../etc", *results, check=False), "neither a table")
     assert not (tmp_path / "results").exists()
+
+
+def test_config_output_fed_back_with_config_gives_the_same_id(tmp_path):
+    # A data root longer than any terminal line: the output must not wrap.
+    data = str(tmp_path / ("a-long-folder-name-" * 12) / "coco")
+    printed = atssrepro("config", "--preset", "smoke", "--set", "model.assign.topk=7", "--data", data).stdout
+    saved = tmp_path / "config.toml"
+    saved.write_text(printed)
+    again = atssrepro("config", "--config", str(saved)).stdout
+    assert again == printed  # the same "# id: ..." line, and the same config
+    assert f'root = "{data}"' in printed

@@ -46,7 +46,7 @@ def test_toml_round_trip_and_content_id():
     "assignment, message",
     [
         ("model.asign.topk=7", "did you mean 'model.assign'"),
-        ("train.amp=fp32", "one of 'off', 'bf16', 'fp16'"),
+        ("train.amp=fp32", "one of 'off', 'tf32', 'bf16', 'fp16'"),
         ("train.batch_size=abc", "expected an integer"),
         ("train.batch_size=true", "expected an integer"),
         ("model.assign=3", "model.assign is a section"),

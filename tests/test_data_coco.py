@@ -254,8 +254,21 @@ def test_data_loader_workers_outlive_the_stop_signals_of_the_whole_job(synth_coc
         list(torch.utils.data.DataLoader(SignalsItself((signal.SIGTERM,)), num_workers=2))
 
     coco = CocoDetection(synth_coco / "annotations" / "instances_val2017.json", synth_coco / "val2017", train=False)
-    loader = batch_loader(coco, [[SampleSpec(0, 128, False)]], 1, 32, torch.device("cpu"))
-    assert loader.worker_init_fn is leave_stopping_to_the_main_process
+    with batch_loader(coco, [[SampleSpec(0, 128, False)]], 1, 32, torch.device("cpu")) as batches:
+        assert batches._worker_init_fn is leave_stopping_to_the_main_process
+
+
+CPU = torch.device("cpu")
+
+
+def test_batch_loader_stops_its_workers_when_an_error_ends_the_block(synth_coco: Path) -> None:
+    # The workers ignore SIGTERM, so interpreter exit could not end them: the block must.
+    coco = CocoDetection(synth_coco / "annotations" / "instances_val2017.json", synth_coco / "val2017", train=False)
+    with pytest.raises(ZeroDivisionError), batch_loader(coco, [[SampleSpec(0, 128, False)]] * 4, 2, 32, CPU) as b:
+        workers = list(b._workers)
+        next(b)
+        raise ZeroDivisionError("an error in the loop")
+    assert workers and not any(worker.is_alive() for worker in workers)
 
 
 # Images-only files (COCO's image_info_test-dev2017.json): no "annotations" key

@@ -1,5 +1,6 @@
-"""DDP on the CPU (gloo): two processes with one image each train exactly like one process
-with both images, because the loss normalisers are averaged over ranks."""
+"""DDP on the CPU (gloo): two processes train exactly like one process with the whole batch,
+because padding happens per padding group (``train.pad_group``) and the loss normalisers are
+averaged over all groups of all ranks."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from cli import TINY, atssrepro
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
-    # Equal image sizes give both set-ups the same padding, hence the same anchors.
+    # Images of different sizes, and a short side drawn per image: a batch of 4 is two padding
+    # groups of 2 with canvases of their own, on one process (two groups) as on two (one each).
     data = tmp_path / "data"
-    make_synthetic_coco(data, train_images=4, val_images=3, seed=1, min_side=128, max_side=128)
+    make_synthetic_coco(data, train_images=6, val_images=3, seed=1, min_side=96, max_side=160)
     args = [*TINY, "--data", str(data), "--set", "train.iterations=4", "--set", "data.num_workers=0"]
+    args += ["--set", "train.batch_size=4", "--set", "data.train_short_side=[96, 160]"]
 
     atssrepro("train", *args, "--out", str(tmp_path / "single"))
     ddp = subprocess.run(

@@ -11,7 +11,7 @@ from atssrepro.config import LossConfig
 from atssrepro.model.anchors import anchor_strides, cell_anchors, grid_anchors
 from atssrepro.model.assign import BACKGROUND, IGNORE, atss
 from atssrepro.model.box_coder import DeltaCoder, PointCoder
-from atssrepro.model.losses import centerness_target, detection_losses
+from atssrepro.model.losses import centerness_target, detection_losses, ltrb_iou_loss
 
 
 def test_centerness_target_by_hand():
@@ -116,7 +116,7 @@ def test_smooth_l1_and_no_centerness_variants():
     # smooth-L1 is RetinaNet's per-coordinate mean over positives, on the encoded targets.
     positive = matched[0] >= 0
     targets = DeltaCoder().encode(anchors[positive], strides[positive], boxes[0, matched[0][positive]])
-    expected = torch.nn.functional.smooth_l1_loss(reg[0, positive], targets, beta=1 / 9)
+    expected = torch.nn.functional.smooth_l1_loss(reg[0, positive], targets, beta=0.11)
     assert smooth["reg"].item() == pytest.approx(2.0 * expected.item(), rel=1e-5)  # reg_weight 2.0
     giou = losses_of(cls, reg, None, anchors, strides, matched, boxes, labels)
     assert "centerness" not in giou and giou["reg"] > 0
@@ -140,10 +140,14 @@ def selected_positives_losses(cls, reg, ctr, anchors, strides, matched, boxes, l
     if config.regression == "giou":
         giou = generalized_box_iou_loss(coder.decode(anchors[a], strides[a], reg[b, a]), gt, reduction="none", eps=1e-7)
         reg_loss = (giou * weights).sum() / (weights.sum() if weights.sum() > 0 else 1.0)
-    else:
+    elif config.regression == "smooth_l1":
         encoded = coder.encode(anchors[a], strides[a], gt)
         reg_loss = torch.nn.functional.smooth_l1_loss(reg[b, a], encoded, beta=config.smooth_l1_beta, reduction="sum")
         reg_loss = reg_loss / (4 * num_pos)
+    else:
+        kind = "iou" if config.regression == "ltrb_iou" else "giou"
+        reg_loss = (ltrb_iou_loss(reg[b, a], coder.encode(anchors[a], strides[a], gt), kind) * weights).sum()
+        reg_loss = reg_loss / (weights.sum() if weights.sum() > 0 else 1.0)
     losses = {"cls": cls_loss.sum() / num_pos, "reg": config.reg_weight * reg_loss}
     if ctr is not None:
         bce = torch.nn.functional.binary_cross_entropy_with_logits(ctr[b, a], ctr_targets, reduction="sum")
@@ -154,7 +158,7 @@ def selected_positives_losses(cls, reg, ctr, anchors, strides, matched, boxes, l
 @pytest.mark.parametrize(
     "regression, coder, centerness",
     [("giou", DeltaCoder(), True), ("giou", PointCoder(), True), ("giou", DeltaCoder(), False),
-     ("smooth_l1", DeltaCoder(), False)],
+     ("smooth_l1", DeltaCoder(), False), ("ltrb_iou", PointCoder(), True), ("ltrb_giou", PointCoder(), False)],
 )  # fmt: skip
 def test_losses_over_all_anchors_equal_the_losses_of_the_selected_positives(regression, coder, centerness):
     gts = [[[10, 20, 90, 70], [40, 40, 120, 120], [0, 0, 30, 30]], [], [[60, 10, 100, 50]]]

@@ -13,7 +13,7 @@ from atssrepro import config as cfg
 from atssrepro.engine.train import build_optimizer
 from atssrepro.model.detector import OneStageDetector
 
-RETINANET_A1 = [  # Table 1 "RetinaNet (#A=1)": IoU labels, smooth-L1, P6 from C5, no improvement
+RETINANET = [  # no improvement: IoU labels, smooth-L1, P6 from C5
     "model.assign.strategy=iou",
     "model.head.group_norm=false",
     "model.loss.regression=smooth_l1",
@@ -22,19 +22,27 @@ RETINANET_A1 = [  # Table 1 "RetinaNet (#A=1)": IoU labels, smooth-L1, P6 from C
     "model.head.learnable_scales=false",
     "model.p6_from=c5",
 ]
+# Table 1 "RetinaNet (#A=1)": the maskrcnn-benchmark RetinaNet module's normalisers and NMS
+RETINANET_A1 = [*RETINANET, "model.loss.normalizer=retinanet", "model.inference.nms_iou=0.4"]
 IMPROVED = ["model.assign.strategy=iou", "model.assign.in_gt_box=true"]  # Table 1 last column
 A9 = ["model.anchors.scale=4.0", "model.anchors.scales_per_octave=3", "model.anchors.aspect_ratios=[0.5, 1.0, 2.0]"]
 
 FAMILIES = {
     "table1_retinanet_a1": RETINANET_A1,
-    "table1_+gn": [*RETINANET_A1, "model.head.group_norm=true"],
-    "table1_+giou": [*RETINANET_A1, "model.head.group_norm=true", "model.loss.regression=giou"],
+    "table1_+gn": [*RETINANET, "model.head.group_norm=true"],
+    "table1_+giou": [*RETINANET, "model.head.group_norm=true", "model.loss.regression=giou"],
     "table1_improved": IMPROVED,
     "table2_iou_point": ["model.assign.strategy=iou", "model.regression=point"],
     "table2_ssc_box": ["model.assign.strategy=ssc"],
     "table2_fcos_ssc_point": ["model.assign.strategy=ssc", "model.regression=point"],
     "table3_atss_box": [],
-    "table3_fcos_center_sampling": ["model.assign.strategy=center_sampling", "model.regression=point"],
+    "table3_fcos_center_sampling": [  # the FCOS module's training
+        "model.assign.strategy=center_sampling",
+        "model.regression=point",
+        "model.loss.regression=ltrb_giou",
+        "model.loss.reg_weight=1.0",
+        "model.head.point_bias_init=0.0",
+    ],
     "table3_fcos_atss": ["model.regression=point"],
     "table7_retinanet_a9": [*RETINANET_A1, *A9],
     "table7_a9_imprs_atss": A9,

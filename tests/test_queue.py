@@ -77,7 +77,9 @@ def stub(tmp_path, monkeypatch) -> Stub:
 
 
 def planned(*run_ids: str) -> list[PlannedRun]:
-    return [PlannedRun(run_id, cfg.Config(), "smoke", 0) for run_id in run_ids]
+    # From scratch: the queue looks for the pretrained weights of runs that start training.
+    config = cfg.apply(cfg.Config(), {"model": {"backbone": {"weights": ""}}}, "test")
+    return [PlannedRun(run_id, config, "smoke", 0) for run_id in run_ids]
 
 
 def intervals(recorded: list[dict]) -> dict[str, tuple[float, float]]:

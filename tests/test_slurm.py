@@ -211,11 +211,11 @@ def test_a_preempted_ddp_job_is_requeued_and_ends_as_if_never_interrupted(cluste
     config = resolve_row(spec, k3, "smoke", 0, str(synth_coco))
     small = {"data": {"train_short_side": [96, 96], "test_short_side": 96, "max_size": 160}}
     # log_every=1: DDP ranks agree on stopping at each logged iteration, so a stop comes at once.
-    training = {"iterations": 15, "checkpoint_every": 5, "log_every": 1}
+    training = {"iterations": 15, "checkpoint_every": 5, "log_every": 1, "batch_size": 4}
     config = cfg.apply(config, {**small, "train": training}, "test")
     run = PlannedRun(cfg.config_id(config), config, "smoke", 0)
     store = Store(tmp_path / "results")
-    # Two training processes (one image each of the batch of 2) in one job: DDP over gloo.
+    # Two training processes (a padding group of 2 images each of the batch of 4) in one job: DDP over gloo.
     profile = dataclasses.replace(load_profile("local"), cpus_per_task=1, cpu_processes_per_node=2)
     slurm = SlurmExecutor(Console(stderr=True), profile)
     folder = store.run(run.run_id)

@@ -12,8 +12,8 @@ from torch import nn
 
 from atssrepro import config as cfg
 from atssrepro.data.coco import CocoDetection, resized_size
-from atssrepro.engine.evaluate import coco_results
-from atssrepro.engine.tta import TTAConfig, predict_tta
+from atssrepro.engine.evaluate import coco_results, predict
+from atssrepro.engine.tta import TTAConfig, _merge, _passes, _to_original, predict_tta
 from atssrepro.errors import UserError
 from atssrepro.model.box_voting import soft_vote
 from atssrepro.model.detector import OneStageDetector
@@ -76,11 +76,48 @@ def test_a_lone_box_and_no_box() -> None:
 def test_tta_defaults_are_the_official_settings() -> None:
     tta = TTAConfig()
     assert tta.scales == (400, 500, 600, 640, 700, 900, 1000, 1100, 1200, 1300, 1400, 1800)
-    assert tta.max_size == 3000 and tta.flip and tta.vote_iou == 0.66 and tta.detections_per_image == 100
+    assert tta.max_size == 3000 and tta.flip and tta.vote_iou == 0.66
+    assert tta.detections_per_image == 1000 and tta.large_scale_from == 800
     assert [list(r) for r in tta.scale_ranges] == [
         [96, 10000], [96, 10000], [64, 10000], [64, 10000], [64, 10000], [0, 10000],
         [0, 10000], [0, 256], [0, 256], [0, 192], [0, 192], [0, 96],
     ]  # fmt: skip
+
+
+def test_scales_below_800_keep_the_test_max_size() -> None:
+    # bbox_aug_vote.py: "if scale < 800: max_size = cfg.INPUT.MAX_SIZE_TEST"
+    passes = _passes(cfg.Config(), TTAConfig())
+    caps = {p.short_side: p.max_size for p in passes}
+    assert caps == {
+        800: 1333, 400: 1333, 500: 1333, 600: 1333, 640: 1333, 700: 1333,
+        900: 3000, 1000: 3000, 1100: 3000, 1200: 3000, 1300: 3000, 1400: 3000, 1800: 3000,
+    }  # fmt: skip
+    assert [p.flip for p in passes] == [False, True] * 13
+
+
+def test_scale_range_bounds_are_strict_on_the_area() -> None:
+    tta_pass = _passes(cfg.Config(), TTAConfig(scales=(400,), scale_ranges=((8, 16),)))[2]
+    # areas 64 (= 8^2, out), 8 x 8.5 (in), 255 (in), 16 x 16 (= 16^2, out)
+    boxes = torch.tensor([[0, 0, 8, 8], [0, 0, 8, 8.5], [0, 0, 15, 17], [0, 0, 16, 16]], dtype=torch.float32)
+    det = Detections(boxes, torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([0, 1, 2, 3]))
+    size = torch.tensor([400, 400])
+    kept = _to_original(det, size, size, tta_pass)
+    assert kept.labels.tolist() == [1, 2]
+
+
+def test_voted_detections_are_capped_at_the_kth_score_with_ties() -> None:
+    # 1200 disjoint boxes of one class: the official cap keeps the 1000 best, and every box tied
+    # with the 1000th score.
+    n = 1200
+    boxes = torch.tensor([[20.0 * i, 0, 20.0 * i + 10, 10] for i in range(n)])
+    scores = torch.linspace(0.9, 0.1, n)
+    found = [Detections(boxes, scores, torch.zeros(n, dtype=torch.int64))]
+    assert len(_merge(found, TTAConfig(), 0.05)[1]) == 1000
+    tied = scores.clone()
+    tied[995:1010] = tied[999]
+    kept = _merge([Detections(boxes, tied, torch.zeros(n, dtype=torch.int64))], TTAConfig(), 0.05)[1]
+    assert len(kept) == 1010 and kept.min() == tied[999]
+    assert len(_merge(found, TTAConfig(detections_per_image=100), 0.05)[1]) == 100
 
 
 def test_tta_config_needs_one_range_per_scale() -> None:
@@ -156,9 +193,10 @@ def test_scale_ranges_filter_each_extra_pass(synth_coco: Path) -> None:
     dataset = val_split(synth_coco, config)
     # Squares at the origin with sqrt(w * h) = 8, 40 and 100, one class each.
     model = FixedBoxes([[0, 0, 8, 8], [0, 0, 40, 40], [0, 0, 100, 100]], [0, 1, 2])
-    # Pass 128 keeps side 8 only and pass 512 side 40 only (both bounds inclusive); the normal pass
-    # keeps all. Squares of one class from different passes have IoU <= 1/4, so none merge.
-    tta = TTAConfig(scales=(128, 512), scale_ranges=((8, 16), (20, 40)), max_size=1000, flip=False)
+    # Pass 128 keeps side 8 only and pass 900 side 40 only; the normal pass keeps all. Squares of
+    # one class from different passes have IoU <= 1/4, so none merge. Pass 128 is below 800, so it
+    # keeps the test max size (416); pass 900 gets the TTA one (1000).
+    tta = TTAConfig(scales=(128, 900), scale_ranges=((7, 16), (20, 41)), max_size=1000, flip=False)
 
     results = predict_tta(model, dataset, config, tta, CPU, Console())
 
@@ -167,8 +205,8 @@ def test_scale_ranges_filter_each_extra_pass(synth_coco: Path) -> None:
         for r in detections:
             widths.setdefault(dataset.category_ids.index(r["category_id"]), []).append(r["bbox"][2])
         normal = stored_per_resized(dataset, index, 256, 416)[0]
-        small = stored_per_resized(dataset, index, 128, 1000)[0]
-        large = stored_per_resized(dataset, index, 512, 1000)[0]
+        small = stored_per_resized(dataset, index, 128, 416)[0]
+        large = stored_per_resized(dataset, index, 900, 1000)[0]
         assert sorted(widths[0]) == pytest.approx(sorted([8 * normal, 8 * small]))
         assert sorted(widths[1]) == pytest.approx(sorted([40 * normal, 40 * large]))
         assert widths[2] == pytest.approx([100 * normal])
@@ -203,3 +241,33 @@ def test_coco_results_convert_to_xywh_and_coco_ids() -> None:
         7, torch.tensor([[1.0, 2.0, 4.0, 8.0]]), torch.tensor([0.5]), torch.tensor([1]), category_ids=[3, 9]
     )
     assert results == [{"image_id": 7, "category_id": 9, "bbox": [1.0, 2.0, 3.0, 6.0], "score": 0.5}]
+
+
+class RecordsPrecision(FixedBoxes):
+    """FixedBoxes that records whether CPU autocast or TF32 math was on in each forward call."""
+
+    def __init__(self) -> None:
+        super().__init__([[0, 0, 20, 30]], [1])
+        self.autocast_on: list[bool] = []
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> list[Detections]:
+        tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+        self.autocast_on.append(torch.is_autocast_enabled("cpu") or tf32)
+        return super().forward(images, image_sizes)
+
+
+def test_evaluation_and_tta_run_in_fp32_under_an_amp_training_config(synth_coco: Path) -> None:
+    config = smoke_config("train.amp=bf16")
+    dataset = val_split(synth_coco, config)
+    model = RecordsPrecision()
+    tta = TTAConfig(scales=(128,), scale_ranges=((0, 10000),))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as train.amp=tf32 leaves them
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # even a caller's autocast is switched off
+            predict(model, dataset, config, CPU, Console())
+            predict_tta(model, dataset, config, tta, CPU, Console())
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert len(model.autocast_on) == 2 + 2 * 4 and not any(model.autocast_on)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from atssrepro.data.coco import Sample
 
@@ -67,27 +69,66 @@ def collate(samples: list[Sample], size_divisible: int = 32) -> Batch:
     )
 
 
+def collate_groups(samples: list[Sample], size_divisible: int, group_size: int) -> list[Batch]:
+    """Consecutive groups of ``group_size`` samples, each a ``Batch`` padded to its own canvas, as the
+    official code pads each GPU's images (``train.pad_group``)."""
+    starts = range(0, len(samples), group_size)
+    return [collate(samples[start : start + group_size], size_divisible) for start in starts]
+
+
 def _round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
 
 
+@contextlib.contextmanager
 def batch_loader(
     dataset: torch.utils.data.Dataset,
     batch_sampler: torch.utils.data.Sampler,
     num_workers: int,
     size_divisible: int,
     device: torch.device,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader of ``Batch``es: ``num_workers`` processes decode and resize, pinned for CUDA."""
-    return torch.utils.data.DataLoader(
+    group_size: int | None = None,
+) -> Iterator[Iterator[Batch]]:
+    """The ``Batch``es of ``batch_sampler``, or with ``group_size`` lists of them (:func:`collate_groups`),
+    one pass: ``num_workers`` processes decode and resize, pinned for CUDA. The workers start on entry
+    and are stopped when the block ends, whether it ends normally or by an exception (see
+    :func:`stop_workers`)."""
+    if group_size is None:
+        collate_fn = functools.partial(collate, size_divisible=size_divisible)
+    else:
+        collate_fn = functools.partial(collate_groups, size_divisible=size_divisible, group_size=group_size)
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
-        collate_fn=functools.partial(collate, size_divisible=size_divisible),
+        collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
         worker_init_fn=leave_stopping_to_the_main_process,
     )
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        stop_workers(iterator)
+
+
+def stop_workers(iterator: Iterator[Batch]) -> None:
+    """Stop the worker processes (and the pin-memory thread) of a DataLoader iterator, and wait for them.
+
+    Left to the garbage collector this fails after an error: the exception's traceback keeps the
+    iterator alive until the interpreter exits, where ``multiprocessing`` ends the workers with
+    SIGTERM, which they ignore (:func:`leave_stopping_to_the_main_process`), then waits for them
+    forever. So the DataLoader's own shutdown runs here: each worker is told to stop and joined.
+    A worker still alive after it (busy for seconds in one image) is killed, since its SIGTERM
+    fallback cannot reach it either.
+    """
+    if not isinstance(iterator, _MultiProcessingDataLoaderIter):
+        return  # num_workers=0: no process, no thread
+    iterator._shutdown_workers()
+    for worker in iterator._workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def leave_stopping_to_the_main_process(worker_id: int) -> None:
@@ -96,7 +137,8 @@ def leave_stopping_to_the_main_process(worker_id: int) -> None:
     A terminal's Ctrl-C and Slurm's SIGTERM reach every process of the run. The training loop
     answers them by finishing its iteration and checkpointing it, which needs the workers alive
     until then; a worker killed by the signal would make the main process fail at once instead.
-    The main process still ends its workers when it is done with them, or when it dies.
+    The main process stops its workers itself when it is done with them (:func:`batch_loader`),
+    and a worker whose main process died exits on its own.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

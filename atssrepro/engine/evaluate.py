@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from atssrepro import config as cfg
 from atssrepro import distributed
@@ -14,8 +14,21 @@ from atssrepro.data.batch import batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import EvalBatchSampler
 from atssrepro.engine.coco_eval import CocoMetrics, evaluate_detections
-from atssrepro.engine.train import autocast
+from atssrepro.engine.progress import progress
 from atssrepro.model.detector import OneStageDetector
+
+
+@contextlib.contextmanager
+def fp32(device: torch.device) -> Iterator[None]:
+    """Autocast and TF32 off: evaluation runs in fp32 whatever ``train.amp`` is, as the official
+    code tests, also when the caller has autocast on; the TF32 flags are restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def val_dataset(config: cfg.Config) -> CocoDetection:
@@ -30,7 +43,7 @@ def predict(
     """Detections of every image of ``dataset`` in the COCO results format, gathered on all ranks.
 
     Boxes are mapped back from the network's input size to the image as stored, then written
-    as [x, y, w, h] with the dataset's own category ids.
+    as [x, y, w, h] with the dataset's own category ids. The model runs in fp32 (:func:`fp32`).
     """
     model.eval()
     sampler = EvalBatchSampler(
@@ -40,19 +53,21 @@ def predict(
         distributed.rank(),
         distributed.world_size(),
     )
-    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
     results: list[dict] = []
-    with Progress(console=console, disable=not distributed.is_main()) as progress:
-        task = progress.add_task("[bold]eval", total=len(sampler))
-        for batch in loader:
+    with (
+        batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device) as loader,
+        # Every batch on a terminal; in a log, a line per 5% (and per batch of a short run).
+        progress(console, "eval", len(sampler), max(1, len(sampler) // 20)) as report,
+    ):
+        for step, batch in enumerate(loader, 1):
             batch = batch.to(device, non_blocking=True)
-            with autocast(device, config.train.amp):
+            with fp32(device):
                 detections = model(batch.images, batch.image_sizes)
             # (h, w) ratios of stored to network-input size -> xyxy multipliers.
             ratios = (batch.original_sizes.float() / batch.image_sizes.float()).flip(1).repeat(1, 2)
             for image_id, ratio, det in zip(batch.image_ids.tolist(), ratios, detections):
                 results += coco_results(image_id, det.boxes * ratio, det.scores, det.labels, dataset.category_ids)
-            progress.advance(task)
+            report(step)
     return [r for part in distributed.all_gather_objects(results) for r in part]
 
 

@@ -21,8 +21,9 @@ from atssrepro.engine.evaluate import evaluate, predict, val_dataset
 from atssrepro.engine.run_dir import RunDir, State
 from atssrepro.engine.train import Diverged, train
 from atssrepro.engine.tta import TTAConfig, predict_tta
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, one_line
 from atssrepro.fileio import write_json
+from atssrepro.model import pretrained
 from atssrepro.model.detector import OneStageDetector
 
 
@@ -31,11 +32,18 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
 
     A finished run (metrics.json present) is not trained again. A run with a checkpoint resumes.
     The run's state in run.json goes pending -> running -> done, or to diverged / failed /
-    interrupted with the reason; a diverged run is not evaluated.
+    interrupted with the reason; a diverged run is not evaluated. A run that starts from
+    pretrained weights finds (or downloads) them first and records them in run.json
+    (``pretrained``: the weights, the file's path and its sha256).
     """
     device = distributed.init_from_env()
+    weights: dict = {}
     if distributed.is_main():
         run.init(config, preset)
+        if not run.metrics_path.exists() and not run.checkpoint_path.exists():
+            b = config.model.backbone
+            # Before the other processes build the model: they find the file downloaded.
+            weights = {"pretrained": pretrained.provenance(b.weights, b.name, b.style)}
     distributed.barrier()
     if run.metrics_path.exists():
         return read_metrics(run)
@@ -43,7 +51,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
         # A resumed run drops the reason its previous start stopped for.
         _record(
             run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device),
-            message=None, traceback=None,
+            message=None, traceback=None, **weights,
         )  # fmt: skip
         try:
             model = train(config, run, device, console)
@@ -52,7 +60,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             _record(run, "diverged", message=str(e))
             raise UserError(f"run {run.path} diverged: {e}") from None
         except UserError as e:
-            _record(run, "failed", message=str(e))
+            _record(run, "failed", message=one_line(e))
             raise
         except KeyboardInterrupt as e:
             # Ctrl-C, or SIGTERM in training (which then checkpointed its last iteration): resumable.
@@ -60,7 +68,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             raise
         except BaseException as e:
             # Crashes leave the folder resumable too; record why it stopped.
-            _record(run, "failed", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=5))
+            _record(run, "failed", message=one_line(e), traceback=traceback.format_exc(limit=5))
             raise
         _record(run, "done", finished=time.time())
     return metrics
@@ -128,9 +136,14 @@ def evaluate_run(
 
 
 def model_from_checkpoint(path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:
-    """The trained model and the config it was trained with, from a checkpoint file."""
+    """The trained model and the config it was trained with, from a checkpoint file.
+
+    The model is built without its pretrained weights, which the checkpoint replaces: evaluating
+    never needs (or downloads) the ImageNet file.
+    """
     state = checkpoint.load(path)
     config = cfg.from_dict(state["config"], str(path))
-    model = OneStageDetector(config.model, state["num_classes"])
+    untrained = dataclasses.replace(config.model.backbone, weights="")
+    model = OneStageDetector(dataclasses.replace(config.model, backbone=untrained), state["num_classes"])
     model.load_state_dict(state["model"])
     return model.to(device), config

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -22,9 +21,11 @@ from atssrepro.data.batch import Batch, batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine import checkpoint
+from atssrepro.engine.progress import progress
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
 from atssrepro.model.detector import OneStageDetector
+from atssrepro.model.losses import combine_losses
 
 
 class Diverged(Exception):
@@ -93,9 +94,14 @@ def build_optimizer(model: nn.Module, config: cfg.TrainConfig) -> torch.optim.SG
     )
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA as configured; full precision on the CPU."""
-    if device.type != "cuda" or amp == "off":
+def training_precision(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The training step's precision on CUDA (``train.amp``): ``off`` is fp32 with TF32 math off, the
+    official code's fp32; ``tf32`` lets convolutions and matmuls use TF32 tensor cores; ``bf16`` and
+    ``fp16`` autocast (TF32 allowed in what stays fp32). Full fp32 on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = amp != "off"
+    if amp in ("off", "tf32"):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
@@ -132,9 +138,25 @@ class TrainingState:
         self.iteration = state["iteration"]
 
 
-def _batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
-    for batch in loader:
-        yield batch.to(device, non_blocking=True)
+class GroupedTraining(nn.Module):
+    """The training forward of one process's share of a batch: the detector on each padding group,
+    then the losses combined over the groups (``model/losses.py::combine_losses``).
+
+    One forward call for all groups, so DDP, which wraps this module, sees one backward per step.
+    """
+
+    def __init__(self, detector: OneStageDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, groups: list[Batch]) -> dict[str, torch.Tensor]:
+        terms = [self.detector.loss_terms(g.images, g.image_sizes, g.boxes, g.labels, g.box_mask) for g in groups]
+        return combine_losses(terms, self.detector.config.loss)
+
+
+def _groups(loader: Iterable[list[Batch]], device: torch.device) -> Iterator[list[Batch]]:
+    for groups in loader:
+        yield [group.to(device, non_blocking=True) for group in groups]
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -142,18 +164,6 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     if not distributed.is_initialized():
         return flag
     return distributed.all_reduce_mean(torch.tensor([float(flag)], device=device)).item() > 0
-
-
-def _progress(console: Console, total: int) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not distributed.is_main(),
-    )
 
 
 def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console) -> OneStageDetector:
@@ -168,8 +178,9 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     """
     t = config.train
     world = distributed.world_size()
-    if t.batch_size % world:
-        raise UserError(f"train.batch_size = {t.batch_size} cannot be split over {world} processes; use a divisor")
+    problem = cfg.batch_split_problem(t, world)
+    if problem is not None:
+        raise UserError(f"{problem[0]}; {problem[1]}")
     dataset = CocoDetection(
         cfg.data_path(config.data, config.data.train_ann),
         cfg.data_path(config.data, config.data.train_images),
@@ -192,7 +203,8 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
     if state.iteration >= t.iterations:
         return model
 
-    ddp_model = DistributedDataParallel(model) if distributed.is_initialized() else model
+    grouped = GroupedTraining(model)
+    ddp_model = DistributedDataParallel(grouped) if distributed.is_initialized() else grouped
     sampler = TrainBatchSampler(
         dataset.aspect_groups(),
         t.batch_size,
@@ -203,25 +215,30 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         rank=distributed.rank(),
         world_size=world,
     )
-    loader = batch_loader(dataset, sampler, config.data.num_workers, config.data.size_divisible, device)
-    batches = _batches(loader, device)
     if distributed.is_main():
         console.print(
             f"training {cfg.config_id(config)}: {len(dataset)} images, {dataset.num_classes} classes, "
-            f"batch {t.batch_size} over {world} process(es), lr {optimizer.param_groups[0]['lr']:g}, "
+            f"batch {t.batch_size} over {world} process(es) in padding groups of {t.pad_group}, "
+            f"lr {optimizer.param_groups[0]['lr']:g}, "
             f"{t.iterations} iterations on {device}"
         )
 
     model.train()
     window_start, window_iters = time.perf_counter(), 0
     loss_sums: dict[str, torch.Tensor] = {}
-    # The handlers go in before the loader forks its workers (on the first batch).
-    with _StopSignals() as stop, _progress(console, t.iterations) as progress:
-        task = progress.add_task("train", total=t.iterations, completed=state.iteration, status="")
+    # The handlers go in before the loader forks its workers.
+    with (
+        _StopSignals() as stop,
+        batch_loader(
+            dataset, sampler, config.data.num_workers, config.data.size_divisible, device, group_size=t.pad_group
+        ) as loader,
+        progress(console, "train", t.iterations, t.log_every, state.iteration) as report,
+    ):
+        batches = _groups(loader, device)
         while state.iteration < t.iterations:
-            batch = next(batches)
-            with autocast(device, t.amp):
-                losses = ddp_model(batch.images, batch.image_sizes, batch.boxes, batch.labels, batch.box_mask)
+            groups = next(batches)
+            with training_precision(device, t.amp):
+                losses = ddp_model(groups)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
@@ -261,10 +278,9 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                     )
                 if distributed.is_main():
                     run.append_log(record)
-                progress.update(
-                    task,
-                    completed=state.iteration,
-                    status=f"loss {record['loss']:.3f} (cls {means[0]:.3f}) lr {record['lr']:.2e} "
+                report(
+                    state.iteration,
+                    f"loss {record['loss']:.3f} (cls {means[0]:.3f}) lr {record['lr']:.2e} "
                     f"{record['img_per_s']:.1f} img/s",
                 )
                 window_start, window_iters, loss_sums = time.perf_counter(), 0, {}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from atssrepro.harness.plan import run_ids_by_row
+from atssrepro.harness.plan import row_seeds, run_ids_by_row
 from atssrepro.harness.specs import TableSpec
 from atssrepro.harness.store import Store
 
@@ -47,7 +47,7 @@ def collect(
                         [spec.name, row.id, row.label, preset, -1, "", "reference", metric, math.nan, published]
                     )
                 continue
-            for seed in range(seeds):
+            for seed in row_seeds(row, seeds):
                 run_id = ids[(spec.name, row.id, seed)]
                 metrics = store.metrics(run_id, tta=row.tta)
                 stats = metrics["stats"] if metrics else {}

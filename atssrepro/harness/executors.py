@@ -19,13 +19,17 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Protocol
 
 from rich.console import Console
 
+from atssrepro import config as cfg
+from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.store import Store
+from atssrepro.model import pretrained
 
 
 @dataclass
@@ -54,8 +58,58 @@ def train_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
     return [*launcher, "-m", "atssrepro", "train", "--config", f"{run_dir}/config.toml", "--out", run_dir]
 
 
+def eval_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
+    return [*launcher, "-m", "atssrepro", "eval", run_dir]
+
+
 def tta_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
-    return [*launcher, "-m", "atssrepro", "eval", run_dir, "--tta"]
+    return [*eval_command(run_dir, launcher), "--tta"]
+
+
+def import_command(run_dir: str, checkpoint: Path) -> list[str]:
+    """Import an official checkpoint into the prepared run folder ``run_dir`` (one process)."""
+    return [sys.executable, "-m", "atssrepro", "import", "official", str(checkpoint), "--config",
+            f"{run_dir}/config.toml", "--out", run_dir]  # fmt: skip
+
+
+def run_commands(run: PlannedRun, folder: RunDir, launcher: Sequence[str]) -> list[list[str]]:
+    """What a run executes, in order: train (or, evaluation only, import the official checkpoint
+    unless an earlier start did, and evaluate it), then the multi-scale evaluation if a row needs it."""
+    run_dir = str(folder.path)
+    if run.checkpoint is None:
+        commands = [train_command(run_dir, launcher)]
+    else:
+        imported = folder.checkpoint_path.exists()
+        commands = [*([] if imported else [import_command(run_dir, run.checkpoint)]), eval_command(run_dir, launcher)]
+    return commands + ([tta_command(run_dir, launcher)] if run.tta else [])
+
+
+def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
+    """An evaluation-only run whose official checkpoint is not there: recorded as failed, with the
+    file to fetch, in its run folder (which ``status`` shows); None when there is nothing missing."""
+    if run.checkpoint is None or run.checkpoint.is_file():
+        return None
+    message = (
+        f"{run.checkpoint.name} not found in {run.checkpoint.parent}: download this official checkpoint "
+        "from the model zoo of github.com/sfzhang15/ATSS (README) into --zoo-dir"
+    )
+    store.run(run.run_id).set_state("failed", message=message)
+    return Outcome(run.run_id, "failed", message)
+
+
+def fetch_pretrained(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:
+    """Find, or download into their cache, the pretrained weights of every run that will start
+    training from them, before any run starts or is submitted: a missing file is a one-line error
+    now, not a failed job after its wait in a queue. Runs that resume, are done or only evaluate
+    need none."""
+    needed = {
+        (b.weights, b.name, b.style)
+        for run in runs
+        for b in [run.config.model.backbone]
+        if run.checkpoint is None and (force or not store.run(run.run_id).checkpoint_path.exists())
+    }
+    for weights, name, style in sorted(needed):
+        pretrained.locate(weights, name, style)
 
 
 def prepare(run: PlannedRun, store: Store, force: bool) -> bool:
@@ -125,14 +179,13 @@ def make_slots(devices: Sequence[str], gpus_per_run: int) -> list[Slot]:
 
 
 def check_batch_split(runs: Sequence[PlannedRun], processes: int, what: str) -> None:
-    """Refuse, before anything starts, runs whose global batch ``processes`` processes cannot share."""
+    """Refuse, before anything starts, runs whose global batch ``processes`` processes cannot share
+    in whole padding groups (``train.pad_group``)."""
     for run in runs:
-        if run.config.train.batch_size % processes:
+        problem = cfg.batch_split_problem(run.config.train, processes)
+        if problem is not None:
             rows = ", ".join(map(str, run.rows))
-            raise UserError(
-                f"run {run.run_id} ({rows}): train.batch_size = {run.config.train.batch_size} cannot be split "
-                f"over {processes} processes ({what}); use a divisor of it"
-            )
+            raise UserError(f"run {run.run_id} ({rows}): {problem[0]} ({what}); {problem[1]}")
 
 
 class Stopped(Exception):
@@ -196,15 +249,18 @@ def run_one(
     if not prepare(run, store, force):
         console.print(f"{position} {run.run_id} ({rows}): done already")
         return Outcome(run.run_id, "skipped", "already done")
+    missing = missing_checkpoint(run, store)
+    if missing is not None:
+        console.print(f"{position} {run.run_id} ({rows}): failed {missing.message}", highlight=False)
+        return missing
     folder = store.run(run.run_id)
     launcher, env = slot.launcher(), slot.env()
     # Under the run's lock, so as not to write over a process training it (it then reports busy).
     with contextlib.suppress(UserError), folder.lock():
         folder.set_state(folder.info()["state"], devices=str(slot))
-    console.print(f"{position} {run.run_id} ({rows}): training on {slot}")
-    commands = [train_command(str(folder.path), launcher)]
-    if run.tta:
-        commands.append(tta_command(str(folder.path), launcher))
+    doing = "training" if run.checkpoint is None else f"importing {run.checkpoint.name} and evaluating"
+    console.print(f"{position} {run.run_id} ({rows}): {doing} on {slot}")
+    commands = run_commands(run, folder, launcher)
     outcome = Outcome(run.run_id, "done")
     with open(folder.path / "train.log", "a") as log:
         for command in commands:
@@ -245,6 +301,7 @@ class QueueExecutor:
 
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
         check_batch_split(runs, len(self.slots[0].devices), "--gpus-per-run")
+        fetch_pretrained(runs, store, force)
         pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(runs)):
             pending.put(index)

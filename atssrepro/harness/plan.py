@@ -3,14 +3,23 @@
 The same experiment often appears in several tables (Table 3 row 2 = Table 4 k=9 = Table 5
 scale 8 = Table 6 1:1 = Table 7 1x1): rows whose resolved configs are equal share one run id,
 so the run trains once and fills every table.
+
+An evaluation-only row (the official model zoo, ``checkpoint`` in its spec) plans a run that
+imports the official checkpoint and evaluates it: it has one seed, and its run id names the
+checkpoint as well as the config, so the official weights never share a folder with a run trained
+from the same config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from atssrepro import config as cfg
 from atssrepro.errors import UserError
@@ -28,7 +37,7 @@ class RowRef:
 
 @dataclass
 class PlannedRun:
-    """One training run and the table rows it fills."""
+    """One run, trained or (``checkpoint``) evaluation-only, and the table rows it fills."""
 
     run_id: str
     config: cfg.Config
@@ -39,11 +48,13 @@ class PlannedRun:
     """Some row evaluates this run with multi-scale testing too."""
     diff: dict[str, Any] = field(default_factory=dict)
     """Config fields that differ from the first table's base (dotted keys)."""
+    checkpoint: Path | None = None
+    """Evaluation only: the official checkpoint to import and evaluate instead of training."""
 
     @property
     def cost(self) -> int:
-        """Training images seen: iterations x global batch."""
-        return self.config.train.iterations * self.config.train.batch_size
+        """Training images seen: iterations x global batch (0 for an evaluation-only run)."""
+        return 0 if self.checkpoint else self.config.train.iterations * self.config.train.batch_size
 
 
 def base_config(spec: TableSpec, preset: str, data_root: str | None = None) -> cfg.Config:
@@ -53,9 +64,15 @@ def base_config(spec: TableSpec, preset: str, data_root: str | None = None) -> c
 
 
 def resolve_row(spec: TableSpec, row: RowSpec, preset: str, seed: int, data_root: str | None = None) -> cfg.Config:
-    """defaults -> table base -> row config -> preset -> seed -> data root."""
+    """defaults -> table base -> row config -> preset -> seed -> data root.
+
+    An evaluation-only row has no pretrained weights (``model.backbone.weights = ""``): its
+    checkpoint holds every weight, and the imported run folder records exactly that config.
+    """
     config = cfg.apply(cfg.Config(), spec.base, f"{spec.source}: [base]")
     config = cfg.apply(config, row.config, f"{spec.source}: row {row.id!r}")
+    if row.evaluation_only:
+        config = cfg.apply(config, {"model": {"backbone": {"weights": ""}}}, f"{spec.source}: row {row.id!r}")
     config = _finish(config, preset, data_root, spec)
     return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
 
@@ -70,6 +87,18 @@ def _finish(config: cfg.Config, preset: str, data_root: str | None, spec: TableS
     return config
 
 
+def row_seeds(row: RowSpec, seeds: int) -> range:
+    """The seeds of a row's runs: 0..seeds-1, only 0 for an evaluation-only row (nothing is trained)."""
+    return range(1 if row.evaluation_only else seeds)
+
+
+def row_run_id(row: RowSpec, config: cfg.Config) -> str:
+    """The config's id for a trained row; for an evaluation-only row a hash of it and the checkpoint's name."""
+    if not row.evaluation_only:
+        return cfg.config_id(config)
+    return hashlib.sha256(f"{cfg.config_id(config)}:{row.checkpoint}".encode()).hexdigest()[:12]
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config data as dotted keys: {"model": {"assign": {"topk": 7}}} -> {"model.assign.topk": 7}."""
     out: dict[str, Any] = {}
@@ -79,6 +108,18 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML on one line (``false``, ``"atss"``, ``[640, 800]``): what ``--set KEY=VALUE`` reads."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
+
+
+def assignments(data: dict[str, Any]) -> list[str]:
+    """Nested config data as ``KEY=VALUE`` strings that ``--set`` accepts as they are."""
+    return [f"{key}={toml_value(value)}" for key, value in flatten(data).items()]
 
 
 def flat_diff(config: cfg.Config, reference: cfg.Config) -> dict[str, Any]:
@@ -93,10 +134,13 @@ def plan(
     rows: Sequence[str] = (),
     seeds: int = 1,
     data_root: str | None = None,
+    zoo_dir: Path | None = None,
 ) -> list[PlannedRun]:
     """The distinct runs that fill ``specs`` (optionally only the row ids in ``rows``).
 
     Seeds are 0..seeds-1. Reference-only rows need no run. Runs are in order of first appearance.
+    The checkpoints of evaluation-only rows are files of ``zoo_dir`` (None: their names alone, as
+    ``status`` and ``report`` need them).
     """
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
@@ -111,11 +155,17 @@ def plan(
         for row in spec.runnable_rows:
             if wanted and row.id not in wanted:
                 continue
-            for seed in range(seeds):
+            if row.evaluation_only and preset != "paper":
+                raise UserError(
+                    f"{spec.source}: row {row.id!r} evaluates an official checkpoint as it is: use --preset paper"
+                )
+            checkpoint = Path(zoo_dir or "") / row.checkpoint if row.evaluation_only else None
+            for seed in row_seeds(row, seeds):
                 config = resolve_row(spec, row, preset, seed, data_root)
-                run_id = cfg.config_id(config)
+                run_id = row_run_id(row, config)
+                diff = flat_diff(config, reference)
                 run = runs.setdefault(
-                    run_id, PlannedRun(run_id, config, preset, seed, diff=flat_diff(config, reference))
+                    run_id, PlannedRun(run_id, config, preset, seed, diff=diff, checkpoint=checkpoint)
                 )
                 run.rows.append(RowRef(spec.name, row.id))
                 run.tta |= row.tta
@@ -127,6 +177,6 @@ def run_ids_by_row(specs: Sequence[TableSpec], preset: str, seeds: int, data_roo
     ids = {}
     for spec in specs:
         for row in spec.runnable_rows:
-            for seed in range(seeds):
-                ids[(spec.name, row.id, seed)] = cfg.config_id(resolve_row(spec, row, preset, seed, data_root))
+            for seed in row_seeds(row, seeds):
+                ids[(spec.name, row.id, seed)] = row_run_id(row, resolve_row(spec, row, preset, seed, data_root))
     return ids

@@ -37,7 +37,7 @@ from atssrepro import distributed
 from atssrepro.engine.run import evaluate_run, execute
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
-from atssrepro.harness.executors import Outcome, check_batch_split, prepare
+from atssrepro.harness.executors import Outcome, check_batch_split, fetch_pretrained, missing_checkpoint, prepare
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.store import Store
 
@@ -112,12 +112,14 @@ class TrainJob(submitit.helpers.Checkpointable):
     A requeued job starts here again and resumes from the folder's checkpoint.
     """
 
-    def __init__(self, run_dir: str, preset: str, tta: bool, workdir: str) -> None:
+    def __init__(self, run_dir: str, preset: str, tta: bool, workdir: str, checkpoint: str = "") -> None:
         self.run_dir = run_dir
         self.preset = preset
         self.tta = tta
         self.workdir = workdir
         """The submitter's working directory: a relative ``data.root`` is relative to it."""
+        self.checkpoint = checkpoint
+        """Evaluation only: the official checkpoint to import and evaluate instead of training."""
 
     def __call__(self) -> None:
         # The job started in the snapshot so that Python imported atssrepro from there.
@@ -139,7 +141,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         console = Console(stderr=True, force_terminal=False)
         requeue_signal = _RequeueSignal()
         try:
-            execute(run.read_config(), run, self.preset, console)
+            if self.checkpoint:
+                self._import_and_evaluate(run, console)
+            else:
+                execute(run.read_config(), run, self.preset, console)
             if self.tta:
                 self._evaluate_tta(run, console)
         except BaseException:
@@ -150,6 +155,17 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise
         finally:
             distributed.destroy()
+
+    def _import_and_evaluate(self, run: RunDir, console: Console) -> None:
+        """An evaluation-only run: ``atssrepro import official`` then ``atssrepro eval`` of the run folder."""
+        from atssrepro.engine.official_import import import_official_checkpoint
+
+        distributed.init_from_env()
+        if distributed.is_main() and not run.checkpoint_path.exists():
+            import_official_checkpoint(Path(self.checkpoint), run.read_config(), run.path)
+        distributed.barrier()
+        if not run.metrics_path.exists():
+            evaluate_run(run.path, console)
 
     def _evaluate_tta(self, run: RunDir, console: Console) -> None:
         """Multi-scale testing of the trained run, as ``atssrepro eval RUN --tta``."""
@@ -214,6 +230,11 @@ class _RequeueSignal:
         self._submitit_handler(self.signum, None)
 
 
+def _job(run: PlannedRun, store: Store, workdir: str) -> TrainJob:
+    official = str(run.checkpoint.resolve()) if run.checkpoint else ""
+    return TrainJob(str(store.run(run.run_id).path.resolve()), run.preset, run.tta, workdir, official)
+
+
 def rendezvous_port(job_id: str, restarts: int) -> int:
     """The MASTER_PORT of a job's DDP rendezvous: the same on all its tasks, and another one after
     each requeue, so that a restarted job never meets the store left over by its previous start."""
@@ -238,6 +259,7 @@ class SlurmExecutor:
         with the job id (also in the run's run.json as ``slurm_job_id``), or "queued" for a run
         whose job is in the queue already."""
         check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x processes per node")
+        fetch_pretrained(runs, store, force)
         outcomes: dict[str, Outcome] = {}
         job_ids = {run.run_id: store.info(run.run_id).get("slurm_job_id", "") for run in runs}
         queued = live_jobs(job_ids.values())
@@ -250,6 +272,8 @@ class SlurmExecutor:
                 outcomes[run.run_id] = Outcome(run.run_id, "busy", "being trained by another process")
             elif not prepare(run, store, force):
                 outcomes[run.run_id] = Outcome(run.run_id, "skipped", "already done")
+            elif (missing := missing_checkpoint(run, store)) is not None:
+                outcomes[run.run_id] = missing
             else:
                 pending.append(run)
         if pending:
@@ -270,10 +294,7 @@ class SlurmExecutor:
         workdir = os.getcwd()
         try:
             with executor.batch():
-                jobs = [
-                    executor.submit(TrainJob(str(store.run(r.run_id).path.resolve()), r.preset, r.tta, workdir))
-                    for r in runs
-                ]
+                jobs = [executor.submit(_job(run, store, workdir)) for run in runs]
         except submitit.core.utils.FailedJobError as e:
             raise UserError(f"sbatch refused the jobs: {'; '.join(str(e).strip().splitlines())}") from None
         for run, job in zip(runs, jobs):

@@ -49,6 +49,9 @@ class RowSpec:
     the same as the row without it, so nothing is trained twice."""
     reference_only: bool = False
     """A competitor's published numbers (Table 8): shown, never run."""
+    checkpoint: str = ""
+    """Evaluation only (the official model zoo): the file name, relative to ``--zoo-dir``, of an
+    official trained checkpoint. The row's run imports it and evaluates it; nothing is trained."""
     note: str = ""
     section: str = ""
     """A heading the row starts (Table 8: "anchor-based two-stage", ...)."""
@@ -58,6 +61,11 @@ class RowSpec:
     """layout "grid": the (row, column) cell this entry fills."""
     checked: tuple[str, ...] = ()
     """layout "checklist": the items ticked for this column."""
+
+    @property
+    def evaluation_only(self) -> bool:
+        """The row evaluates an official checkpoint instead of training its config."""
+        return bool(self.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,14 @@ class TableSpec:
 
 
 def available_tables(directory: Path = TABLES_DIR) -> list[str]:
+    """The paper's tables: table1..table8."""
     return sorted((p.stem for p in directory.glob("table*.toml")), key=lambda n: (len(n), n))
+
+
+def available_specs(directory: Path = TABLES_DIR) -> list[str]:
+    """Every spec: the paper's tables, then the others (``zoo``)."""
+    tables = available_tables(directory)
+    return tables + sorted(p.stem for p in directory.glob("*.toml") if p.stem not in tables)
 
 
 def load_table(name_or_path: str | Path, directory: Path = TABLES_DIR) -> TableSpec:
@@ -108,10 +123,10 @@ def load_table(name_or_path: str | Path, directory: Path = TABLES_DIR) -> TableS
     if not path.suffix:
         path = directory / f"{name_or_path}.toml"
     if not path.is_file():
-        hint = difflib.get_close_matches(str(name_or_path), available_tables(directory), n=1)
+        hint = difflib.get_close_matches(str(name_or_path), available_specs(directory), n=1)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
         raise UserError(
-            f"no table spec {str(name_or_path)!r}{suggestion} (tables: {', '.join(available_tables(directory))})"
+            f"no table spec {str(name_or_path)!r}{suggestion} (tables: {', '.join(available_specs(directory))})"
         )
     return parse_table(cfg.load_toml(path), path)
 
@@ -156,8 +171,11 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserError(f"{place}: published {metric} = {value!r} must be a number")
         config = _typed(raw.get("config", {}), dict, f"{place}: config")
-        if raw.get("reference_only") and (config or raw.get("tta")):
-            raise UserError(f"{place}: a reference_only row has no config and no tta: it is never run")
+        if raw.get("reference_only") and (config or raw.get("tta") or raw.get("checkpoint")):
+            raise UserError(f"{place}: a reference_only row has no config, tta or checkpoint: it is never run")
+        checkpoint = _typed(raw.get("checkpoint", ""), str, f"{place}: checkpoint")
+        if checkpoint and (Path(checkpoint).is_absolute() or ".." in Path(checkpoint).parts):
+            raise UserError(f"{place}: checkpoint {checkpoint!r} must be a file name inside --zoo-dir")
         _check_config(config, f"{place}: config")
         row = RowSpec(
             id=row_id,
@@ -166,6 +184,7 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
             published={k: float(v) for k, v in published.items()},
             tta=_typed(raw.get("tta", False), bool, f"{place}: tta"),
             reference_only=_typed(raw.get("reference_only", False), bool, f"{place}: reference_only"),
+            checkpoint=checkpoint,
             note=_typed(raw.get("note", ""), str, f"{place}: note"),
             section=_typed(raw.get("section", ""), str, f"{place}: section"),
             info={k: str(v) for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()},

@@ -12,20 +12,25 @@ STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
 
 
 def cell_anchors(stride: int, scale: float, aspect_ratios: Sequence[float], scales_per_octave: int) -> torch.Tensor:
-    """The A anchors of one location, centred on the origin.
+    """The A anchors of one location, centred on the origin, as the official generator makes them.
 
-    Sides are ``scale * stride * 2^(i / scales_per_octave)``; ``ratio`` is height / width at
-    constant area. Anchors are ordered scale-major, as in maskrcnn-benchmark.
+    For each ratio (height / width) the official ``_ratio_enum`` first reshapes the stride-sized
+    base box at constant area and rounds it to whole pixels, ``w0 = round(sqrt(S^2 / ratio))`` and
+    ``h0 = round(w0 * ratio)`` (round half to even, as numpy), then ``_scale_enum`` multiplies both
+    by ``scale * 2^(i / scales_per_octave)``. Square anchors and ratios 0.25 and 4 are exact; ratios
+    0.5 and 2 are not: the 8S P3 anchor of ratio 0.5 is 88 x 48, not 90.5 x 45.3. The order is
+    ratio-major (all octave scales of the first ratio, then the next ratio), the official order.
 
     Returns:
         [A, 4] float32 xyxy, A = len(aspect_ratios) * scales_per_octave.
     """
     anchors = []
-    for octave in range(scales_per_octave):
-        side = scale * stride * 2.0 ** (octave / scales_per_octave)
-        for ratio in aspect_ratios:
-            w = side / math.sqrt(ratio)
-            h = side * math.sqrt(ratio)
+    for ratio in aspect_ratios:
+        base_w = round(math.sqrt(stride * stride / ratio))
+        base_h = round(base_w * ratio)
+        for octave in range(scales_per_octave):
+            factor = scale * 2.0 ** (octave / scales_per_octave)
+            w, h = base_w * factor, base_h * factor
             anchors.append([-w / 2, -h / 2, w / 2, h / 2])
     return torch.tensor(anchors, dtype=torch.float32)
 

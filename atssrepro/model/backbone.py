@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,7 +16,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from atssrepro.config import BackboneConfig
 from atssrepro.errors import UserError
+from atssrepro.model import pretrained
 from atssrepro.model.dcn import replace_with_dcn
+from atssrepro.model.detectron_pickle import official_backbone_state, read_blobs
 
 # Stages from the last to the first: trainable_stages = k leaves the first 5 - k frozen.
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -23,9 +26,7 @@ _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 def weights_name(backbone: str, weights: str) -> str:
     """Resolve ``imagenet`` to the backbone's classic torchvision weights, e.g. ``ResNet50_Weights.IMAGENET1K_V1``."""
-    if weights != "imagenet":
-        return weights
-    return f"{torchvision.models.get_model_weights(backbone).__name__}.IMAGENET1K_V1"
+    return pretrained.resolve_name(weights, backbone, "torchvision")
 
 
 def load_weights(resnet: nn.Module, weights: str) -> None:
@@ -73,8 +74,60 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
         )
 
 
+def dcn_stages(config: BackboneConfig) -> tuple[str, ...]:
+    """The stages whose 3x3 convs are DCNv2, as in the official dcnv2 models: c3-c5 of a ResNet,
+    c4-c5 of a ResNeXt."""
+    if not config.dcn:
+        return ()
+    return ("layer3", "layer4") if config.name.startswith("resnext") else ("layer2", "layer3", "layer4")
+
+
+def load_msra_weights(resnet: nn.Module, config: BackboneConfig) -> None:
+    """Load official ImageNet weights into an MSRA-style ``resnet``: ``config.weights`` is a catalog
+    name (or ``imagenet``, the catalog entry of ``config.name``), a Detectron ``.pkl``, or a ``.pth``
+    state dict in the official layout (``backbone.body.*`` keys, FrozenBN buffers included).
+
+    DCNv2 offset convs absent from the file keep their initialisation, as in the official loader.
+    """
+    from atssrepro.model.official import BODY_PREFIX, convert_official_state_dict
+
+    name = pretrained.resolve_name(config.weights, config.name, config.style)
+    is_file = Path(name).suffix in (".pkl", ".pth", ".pt") or Path(name).exists()
+    if name not in pretrained.CATALOG and not is_file:
+        raise UserError(
+            f"model.backbone.weights = {config.weights!r}: style 'msra' takes an official catalog name "
+            f"({', '.join(pretrained.CATALOG)}), a Detectron .pkl or a .pth file with the official backbone.body.* "
+            "keys (torchvision weights need model.backbone.style=torchvision)"
+        )
+    path = pretrained.locate(name, config.name, config.style)
+    if path.suffix == ".pkl":
+        dcn_layers = [int(stage.removeprefix("layer")) for stage in dcn_stages(config)]
+        state = official_backbone_state(read_blobs(path), dcn_layers)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or non-torch file
+            raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({e})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"model.backbone.weights: {path} holds a {type(state).__name__}, not a state dict")
+    from atssrepro.config import ModelConfig
+
+    converted = convert_official_state_dict(state, ModelConfig(backbone=config), backbone_only=True)
+    resnet.load_state_dict({k.removeprefix(BODY_PREFIX): v for k, v in converted.items()}, strict=False)
+
+
+def _stride_in_1x1(resnet: nn.Module) -> None:
+    """Move the stride of every strided ``Bottleneck`` from its 3x3 conv to its first 1x1 conv."""
+    for block in resnet.modules():
+        if isinstance(block, Bottleneck) and block.conv2.stride != (1, 1):
+            block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+
+
 class ResNetFPN(nn.Module):
-    """A torchvision ResNet or ResNeXt with frozen BatchNorm, and an FPN over C3-C5 with P6, P7 on top.
+    """A ResNet or ResNeXt with frozen BatchNorm, and an FPN over C3-C5 with P6, P7 on top.
+
+    ``config.style`` ``"msra"`` makes the official models' backbone out of torchvision's parts:
+    FrozenBN without eps and, for a ResNet (not a ResNeXt), the stride in the first 1x1 conv.
 
     P6 is a stride-2 3x3 conv on P5 (``p6_from="p5"``, the official ATSS ``USE_C5: False``) or
     on C5 (``"c5"``, RetinaNet's), and P7 one on ReLU(P6), the official ``LastLevelP6P7``.
@@ -85,18 +138,24 @@ class ResNetFPN(nn.Module):
         super().__init__()
         if p6_from not in ("p5", "c5"):
             raise ValueError(f"p6_from must be 'p5' or 'c5', not {p6_from!r}")
-        resnet = getattr(torchvision.models, config.name)(weights=None, norm_layer=FrozenBatchNorm2d)
+        msra = config.style == "msra"
+        norm_layer = partial(FrozenBatchNorm2d, eps=0.0) if msra else FrozenBatchNorm2d
+        resnet = getattr(torchvision.models, config.name)(weights=None, norm_layer=norm_layer)
         if config.dcn and not isinstance(resnet.layer4[0], Bottleneck):
             raise UserError(
                 f"model.backbone.dcn needs a Bottleneck ResNet: resnet50, resnet101 or a ResNeXt, not {config.name}"
             )
-        if config.weights:
+        resnext = config.name.startswith("resnext")
+        if msra and not resnext:
+            _stride_in_1x1(resnet)
+        if config.weights and not msra:
             load_weights(resnet, weights_name(config.name, config.weights))
         if config.dcn:
             # The official dcnv2 models: DCN in c3-c5 of a ResNet, c4-c5 of a ResNeXt.
-            resnext = config.name.startswith("resnext")
-            for stage in ("layer3", "layer4") if resnext else ("layer2", "layer3", "layer4"):
+            for stage in dcn_stages(config):
                 replace_with_dcn(getattr(resnet, stage))
+        if config.weights and msra:
+            load_msra_weights(resnet, config)
         trainable = _STAGES[: config.trainable_stages]
         for name, parameter in resnet.named_parameters():
             parameter.requires_grad_(name.split(".")[0] in trainable)

@@ -40,8 +40,8 @@ class DetectionHead(nn.Module):
 
     Centerness sits on the regression tower. With ``learnable_scales`` each level multiplies its
     regression by a learnable scalar (initialised to 1). With ``point_regression`` the output is
-    made non-negative by a ReLU and starts at 4 strides per side (the 8S box), as the official
-    POINT head.
+    made non-negative by a ReLU and its bias starts at ``config.point_bias_init``: 4 strides per
+    side (the 8S box) in the official POINT head, 0 in the FCOS module.
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class DetectionHead(nn.Module):
         # Focal-loss prior: every anchor starts as background with probability 1 - prior_prob.
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
         if point_regression:
-            nn.init.constant_(self.box_regression.bias, 4.0)
+            nn.init.constant_(self.box_regression.bias, config.point_bias_init)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
