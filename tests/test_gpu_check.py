@@ -44,7 +44,7 @@ def test_cpu_mode_runs_every_step_and_writes_figures(tmp_path):
     assert 0 < train["assign_loss_share"] < 1
     options = steps["1_speed_options"]["figures"]
     assert options["channels_last"]["speedup_over_plain"] > 0 and options["compile_eager"]["speedup_over_plain"] > 0
-    assert set(steps["2_variants"]["figures"]) == {"plain", "anchors9", "dcnv2"}
+    assert set(steps["2_variants"]["figures"]) == {"plain (msra style)", "torchvision_style", "anchors9", "dcnv2"}
     training = steps["4_training"]["figures"]
     assert training["finite"] and training["loss_fell"] and training["val_images"] == 4
     assert steps["4_bf16_vs_fp32"]["figures"]["agree"]
