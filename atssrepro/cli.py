@@ -66,6 +66,7 @@ def train(
 
     A run folder that already holds a checkpoint is resumed; a finished one is not retrained.
     """
+    check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro import distributed
     from atssrepro.engine.run import execute
@@ -106,6 +107,7 @@ def eval_(
     if target is None:
         raise UserError("give a run folder or a checkpoint file, or --detections FILE --ann FILE")
 
+    check_torch_pair()
     from atssrepro import distributed
     from atssrepro.engine.run import evaluate_run
 
@@ -126,6 +128,7 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Multi-scale + flip testing with box voting (Table 8)."),
 ) -> None:
     """Detect on an images-only split (COCO test-dev) and write the zip for the evaluation server."""
+    check_torch_pair()
     from atssrepro import distributed
     from atssrepro.data.coco import CocoDetection
     from atssrepro.engine.run import detect, model_from_checkpoint
@@ -248,6 +251,7 @@ def run(
     if dry_run:
         print_plan(runs, as_json)
         return
+    check_torch_pair()
     store = Store(results)
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
@@ -467,6 +471,7 @@ def analyze_assignment(
     config), runs each strategy, prints a markdown summary and writes ``summary.csv``,
     ``per_gt.csv`` and ``positives.png`` to ``--out``.
     """
+    check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro.analysis.assignment import (
         assignment_statistics,
@@ -491,7 +496,10 @@ def analyze_assignment(
 
 
 def check_torch_pair() -> None:
-    """Fail in one line when torchvision was built for another torch than the installed one."""
+    """Fail in one line when torchvision was built for another torch than the installed one.
+
+    Called by the commands that need torch only: the others (--help, list, show, status, report,
+    run --dry-run) never import it, so that they start in a fraction of a second."""
     try:
         import torchvision  # noqa: F401
     except (RuntimeError, ImportError, OSError) as e:
@@ -506,7 +514,6 @@ def check_torch_pair() -> None:
 def main() -> None:
     """Entry point: Typer handles usage errors (exit 2); a UserError becomes one line and exit 2."""
     try:
-        check_torch_pair()
         app()
     except UserError as e:
         # An error raised in a DataLoader worker arrives wrapped in the worker's traceback text;

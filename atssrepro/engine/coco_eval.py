@@ -13,9 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import pycocotools.coco
+from typing import TYPE_CHECKING, Any
 
 from atssrepro.errors import UserError
 
@@ -23,6 +21,9 @@ from atssrepro.errors import UserError
 COCO_STATS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BACKENDS: tuple[str, ...] = ("pycocotools", "faster-coco-eval")
 DETECTION_KEYS: tuple[str, ...] = ("image_id", "category_id", "bbox", "score")
+
+if TYPE_CHECKING:  # imported on use: the table specs read COCO_STATS without loading pycocotools
+    import pycocotools.coco
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def load_detections(path: Path) -> list[dict]:
 def _backend_classes(backend: str) -> tuple[type, type]:
     """The (COCO, COCOeval) classes of ``backend``."""
     if backend == "pycocotools":
+        import pycocotools.coco
         import pycocotools.cocoeval
 
         return pycocotools.coco.COCO, pycocotools.cocoeval.COCOeval
