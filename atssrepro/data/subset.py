@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 from pathlib import Path
 
+from atssrepro.data.annotations import read_coco
 from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write, write_json
 
@@ -29,7 +29,7 @@ def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *,
     if out.resolve() == coco_root.resolve():
         raise UserError(f"output folder {out} is the COCO root itself; write the subset to another folder")
 
-    dataset = json.loads(ann_path.read_text(encoding="utf-8"))
+    dataset = read_coco(ann_path)
     available = len(dataset["images"])
     if not 1 <= num_images <= available:
         raise UserError(f"num_images={num_images} is out of range: {ann_path} has {available} images")
