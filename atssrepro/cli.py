@@ -253,6 +253,8 @@ def run(
         return
     check_torch_pair()
     store = Store(results)
+    if not force:
+        store.refuse_corrupt([r.run_id for r in runs])
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
 

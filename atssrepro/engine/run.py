@@ -131,6 +131,8 @@ def model_from_checkpoint(path, device: torch.device) -> tuple[OneStageDetector,
     """The trained model and the config it was trained with, from a checkpoint file."""
     state = checkpoint.load(path)
     config = cfg.from_dict(state["config"], str(path))
+    if state["num_classes"] < 1:
+        raise UserError(f"{path}: not an atssrepro checkpoint (num_classes = {state['num_classes']})")
     model = OneStageDetector(config.model, state["num_classes"])
-    model.load_state_dict(state["model"])
+    checkpoint.restore(path, lambda: model.load_state_dict(state["model"]))
     return model.to(device), config

@@ -65,7 +65,7 @@ MISSING = "—"
 DECIMALS = 3  # of the numbers in csv and json; the tables print one
 # A delta computed from one-decimal numbers is off by float noise (39.6 - 39.3 = 0.30000000000000426).
 _TOLERANCE = 1e-9
-_UNFINISHED = ("diverged", "failed", "interrupted", "running", "pending")  # most telling first
+_UNFINISHED = ("corrupt", "diverged", "failed", "interrupted", "running", "pending")  # most telling first
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:

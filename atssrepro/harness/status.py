@@ -48,7 +48,7 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
             iteration=log.get("iter"),
             iterations=run.config.train.iterations,
             loss=log.get("loss"),
-            message=info.get("message", ""),
+            message=store.corruption(run.run_id) or info.get("message", ""),
         )
         if "slurm_job_id" in info:
             status.slurm_job_id = info["slurm_job_id"]
