@@ -9,7 +9,7 @@ from pathlib import Path
 
 from atssrepro.data.annotations import read_coco
 from atssrepro.errors import UserError
-from atssrepro.fileio import atomic_write, write_json
+from atssrepro.fileio import atomic_write, make_dirs, write_json
 
 
 def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *, seed: int = 0) -> Path:
@@ -48,7 +48,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     """Hard-link ``source`` to ``target``; copy it where a link is impossible (another filesystem)."""
     if not source.is_file():
         raise UserError(f"image {source} is listed in the annotations but missing; re-download the COCO images")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     target.unlink(missing_ok=True)
     try:
         os.link(source, target)  # a link appears whole, so it needs no temporary file

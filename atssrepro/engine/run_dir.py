@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from atssrepro import config as cfg
 from atssrepro.errors import UserError
-from atssrepro.fileio import write_json, write_text
+from atssrepro.fileio import make_dirs, write_json, write_text
 
 State = Literal["pending", "running", "done", "failed", "diverged", "interrupted"]
 
@@ -47,7 +47,7 @@ class RunDir:
                     f"{cfg.config_id(config)}); pick another --out or delete that folder"
                 )
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path)
         write_text(self.config_path, cfg.to_toml(config))
         self.set_state("pending", id=cfg.config_id(config), preset=preset)
 
@@ -59,7 +59,7 @@ class RunDir:
         process dies, so a killed run never leaves a stale lock behind, and unlike ``flock`` it is
         not inherited by forked DataLoader workers, which outlive a killed trainer by seconds.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path)
         with open(self.lock_path, "a") as handle:
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
