@@ -481,6 +481,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a TOML text file (not UTF-8 at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     return load_toml_text(text, str(path))
 
 
