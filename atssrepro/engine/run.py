@@ -43,7 +43,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
         # A resumed run drops the reason its previous start stopped for.
         _record(
             run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device),
-            message=None, traceback=None,
+            threads=torch.get_num_threads(), message=None, traceback=None,
         )  # fmt: skip
         try:
             model = train(config, run, device, console)
