@@ -273,6 +273,8 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         (coco / "val2017").mkdir()
         (coco / "annotations" / "instances_val2017.json").write_bytes(path.read_bytes())
         cases.append(Case(["data", "subset", "--coco", str(coco), "--images", "1", "--out", str(root / "sub")], culprit))
+        if i % 4 == 0:  # a sample: analyze loads torch, and reads the file through the same checks
+            cases.append(Case(["analyze", "assignment", "--ann", str(path), "--out", str(root / "analysis")], culprit))
     for i, (culprit, content) in enumerate(detection_variants()):
         path = write(f"dets{i}.json", content)
         cases.append(Case(["eval", "--detections", str(path), "--ann", str(world["ann"])], culprit))

@@ -143,3 +143,17 @@ def test_corrupt_run_records_show_as_corrupt_and_run_refuses_them(tmp_path, caps
     code, _, err = run_cli(["run", "table3", "--preset", "smoke", "--results", str(results)], capsys, tmp_path)
     assert_one_line(code, err, "is corrupt", "--force")
     assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+
+
+def test_train_on_a_malformed_annotation_file_is_one_line(tmp_path, capsys, synth_coco):
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    (data / "train2017").symlink_to(synth_coco / "train2017")
+    ann = json.loads((synth_coco / "annotations" / "instances_train2017.json").read_text())
+    ann["annotations"][3]["bbox"] = [1, 2, float("nan"), 4]
+    (data / "annotations" / "instances_train2017.json").write_text(json.dumps(ann))
+    code, _, err = run_cli(["train", "--preset", "smoke", "--data", str(data), "--out", str(tmp_path / "run")], capsys, tmp_path)
+    assert_one_line(code, err, "instances_train2017.json", "annotations[3]", "not 4 finite numbers")
+    # the run folder records why it stopped, and nothing else
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "failed"
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
