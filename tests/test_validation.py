@@ -157,3 +157,12 @@ def test_train_on_a_malformed_annotation_file_is_one_line(tmp_path, capsys, synt
     # the run folder records why it stopped, and nothing else
     assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "failed"
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_train_on_a_run_folder_with_corrupt_metrics_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(cfg.to_toml(SMOKE))
+    (run / "metrics.json").write_bytes(b"\x89PNG\r\n")
+    code, _, err = run_cli(["train", "--preset", "smoke", "--out", str(run)], capsys, tmp_path)
+    assert_one_line(code, err, "metrics.json is corrupt", "--force")

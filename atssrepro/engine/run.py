@@ -92,7 +92,10 @@ def evaluate_model(
 
 
 def read_metrics(run: RunDir) -> dict:
-    return json.loads(run.metrics_path.read_text())
+    problem = run.corruption()
+    if problem:
+        raise UserError(problem)
+    return json.loads(run.metrics_path.read_text(encoding="utf-8"))
 
 
 def detect(
