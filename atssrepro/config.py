@@ -21,9 +21,9 @@ import json
 import math
 import sys
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
@@ -420,7 +420,9 @@ def _merge(
 
     Without ``rules`` (another dataclass than :class:`Config`), numbers must still be finite."""
     if not isinstance(overrides, dict):
-        raise UserError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a table of KEY = VALUE, not {overrides!r}")
+        raise UserError(
+            f"{source}: {prefix.rstrip('.') or 'the config'} must be a table of KEY = VALUE, not {overrides!r}"
+        )
     types_ = _field_types(type(obj))
     changes: dict[str, Any] = {}
     for name, value in overrides.items():

@@ -26,7 +26,9 @@ def test_defaults_are_the_official_recipe():
 def test_layers_apply_in_order(tmp_path):
     path = tmp_path / "k7.toml"
     path.write_text("[model.assign]\ntopk = 7\n[train]\niterations = 123\n")
-    c = cfg.build_config(str(path), "smoke", ["train.iterations=5", "train.lr_steps=[4]", "data.train_short_side=[640, 800]"], "/data")
+    c = cfg.build_config(
+        str(path), "smoke", ["train.iterations=5", "train.lr_steps=[4]", "data.train_short_side=[640, 800]"], "/data"
+    )
     assert c.model.assign.topk == 7  # from the file
     assert c.model.backbone.name == "resnet18"  # from the preset
     assert c.train.iterations == 5  # --set wins over the preset and the file

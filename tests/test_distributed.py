@@ -21,7 +21,8 @@ def test_two_ranks_match_one_process(tmp_path):
     # Equal image sizes give both set-ups the same padding, hence the same anchors.
     data = tmp_path / "data"
     make_synthetic_coco(data, train_images=4, val_images=3, seed=1, min_side=128, max_side=128)
-    args = [*TINY, "--data", str(data), "--set", "train.iterations=4", "--set", "train.lr_steps=[3]", "--set", "data.num_workers=0"]
+    args = [*TINY, "--data", str(data), "--set", "train.iterations=4", "--set", "data.num_workers=0"]
+    args += ["--set", "train.lr_steps=[3]"]
 
     atssrepro("train", *args, "--out", str(tmp_path / "single"))
     ddp = subprocess.run(

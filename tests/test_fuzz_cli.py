@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+import tomli_w
 
 from atssrepro import cli
 from atssrepro import config as cfg
@@ -98,8 +98,12 @@ def annotation_variants() -> list[tuple[str, bytes | str | object]]:
         raw.append((culprit, data))
     raw.append(("images has id 1 twice", {**ANN, "images": [ANN["images"][0], ANN["images"][0]]}))
     raw.append(("images[0] is not a JSON object", {**ANN, "images": [7, *ANN["images"]]}))
-    category_breaks = {"has no 'id'": lambda c: c.pop("id"), "has no 'name'": lambda c: c.pop("name"),
-                       "has id = 3.5": lambda c: c.update(id=3.5), "has name = 4": lambda c: c.update(name=4)}  # fmt: skip
+    category_breaks = {
+        "has no 'id'": lambda c: c.pop("id"),
+        "has no 'name'": lambda c: c.pop("name"),
+        "has id = 3.5": lambda c: c.update(id=3.5),
+        "has name = 4": lambda c: c.update(name=4),
+    }
     for culprit, change in category_breaks.items():
         data = json.loads(json.dumps(ANN))
         change(data["categories"][0])
@@ -121,6 +125,8 @@ def annotation_variants() -> list[tuple[str, bytes | str | object]]:
         "negative width or height": lambda a: a.update(bbox=[1, 2, -3, 4]),
         "negative width or height ": lambda a: a.update(bbox=[1, 2, 3, -0.5]),
         "has iscrowd = 2": lambda a: a.update(iscrowd=2),
+        "has id = [2]": lambda a: a.update(id=[2]),
+        "has image_id = {}": lambda a: a.update(image_id={}),
         "has area = 'big'": lambda a: a.update(area="big"),
     }
     for culprit, change in annotation_breaks.items():
@@ -272,7 +278,9 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         (coco / "annotations").mkdir(parents=True)
         (coco / "val2017").mkdir()
         (coco / "annotations" / "instances_val2017.json").write_bytes(path.read_bytes())
-        cases.append(Case(["data", "subset", "--coco", str(coco), "--images", "1", "--out", str(root / "sub")], culprit))
+        cases.append(
+            Case(["data", "subset", "--coco", str(coco), "--images", "1", "--out", str(root / "sub")], culprit)
+        )
         if i % 4 == 0:  # a sample: analyze loads torch, and reads the file through the same checks
             cases.append(Case(["analyze", "assignment", "--ann", str(path), "--out", str(root / "analysis")], culprit))
     for i, (culprit, content) in enumerate(detection_variants()):
@@ -299,11 +307,11 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
     # table specs, read through run --dry-run and show
     good = {"title": "Table 9", "caption": "c", "metrics": ["AP"], "rows": [{"id": "a", "label": "A"}]}
     specs = {
-        "published AP = nan": 'published = { AP = nan }',
-        "published AP = 250": 'published = { AP = 250 }',
-        "published AP = inf": 'published = { AP = inf }',
-        "published AP = -1": 'published = { AP = -1 }',
-        "published 'AP50' is not among": 'published = { AP50 = 30 }',
+        "published AP = nan": "published = { AP = nan }",
+        "published AP = 250": "published = { AP = 250 }",
+        "published AP = inf": "published = { AP = inf }",
+        "published AP = -1": "published = { AP = -1 }",
+        "published 'AP50' is not among": "published = { AP50 = 30 }",
         "published AP = '38'": "published = { AP = '38' }",
         "model.assign.topk = 0": "config = { model = { assign = { topk = 0 } } }",
         "train.base_lr = -0.01": "config = { train = { base_lr = -0.01 } }",
@@ -317,15 +325,25 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         path = write(f"spec{i}.toml", text)
         cases.append(Case(["run", str(path), "--dry-run", "--results", str(root / "results")], culprit))
         cases.append(Case(["show", str(path)], culprit))
-    path = write("spec_dup.toml", 'title = "T"\ncaption = "c"\nmetrics = ["AP", "AP"]\n[[rows]]\nid = "a"\nlabel = "A"\n')
+    path = write(
+        "spec_dup.toml", 'title = "T"\ncaption = "c"\nmetrics = ["AP", "AP"]\n[[rows]]\nid = "a"\nlabel = "A"\n'
+    )
     cases.append(Case(["show", str(path)], "names a metric twice"))
     assert good  # the valid spec is exercised in valid_cases
 
     # output paths
-    cases.append(Case(["report", "table3", "--results", str(root / "results"), "--out", str(root / "coco")], "is a folder"))
-    cases.append(Case(["report", "table3", "--results", str(root / "results"), "--out", str(root / "a_file" / "r.md")], "a_file"))
-    cases.append(Case(["report", "table3", "--results", str(root / "results"), "--out", "/proc/no/such/r.md"], "/proc/no"))
-    cases.append(Case(["data", "synth", "--out", str(root / "a_file"), "--train-images", "1", "--val-images", "1"], "a_file"))
+    cases.append(
+        Case(["report", "table3", "--results", str(root / "results"), "--out", str(root / "coco")], "is a folder")
+    )
+    cases.append(
+        Case(["report", "table3", "--results", str(root / "results"), "--out", str(root / "a_file" / "r.md")], "a_file")
+    )
+    cases.append(
+        Case(["report", "table3", "--results", str(root / "results"), "--out", "/proc/no/such/r.md"], "/proc/no")
+    )
+    cases.append(
+        Case(["data", "synth", "--out", str(root / "a_file"), "--train-images", "1", "--val-images", "1"], "a_file")
+    )
     return cases  # fmt: skip
 
 
@@ -333,7 +351,7 @@ def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
     """Inputs of the same kinds that must be accepted (exit 0)."""
     cases = []
     for key in cfg.config_fields():
-        value = cfg.tomli_w.dumps({"v": _default(key)}).partition("=")[2].strip()
+        value = tomli_w.dumps({"v": _default(key)}).partition("=")[2].strip()
         cases.append(["config", "--set", f"{key}={value}"])
     cases += [
         ["config", "--set", "data.train_short_side=[640, 800]", "--set", "model.assign.topk=1"],
@@ -366,7 +384,9 @@ def test_fuzz_malformed_inputs_are_one_line_errors(tmp_path, capsys):
             and case.culprit in lines[0]
         )
         if not ok:
-            failures.append(f"atssrepro {' '.join(case.args)} -> exit {code}: {err.strip()[-400:]!r} (wanted {case.culprit!r})")
+            failures.append(
+                f"atssrepro {' '.join(case.args)} -> exit {code}: {err.strip()[-400:]!r} (wanted {case.culprit!r})"
+            )
     after = snapshot(tmp_path)
     assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:25])
     assert after == before, "files created or changed: " + ", ".join(sorted(set(after) ^ set(before)) or [

@@ -15,18 +15,24 @@ try:
     main()
 except SystemExit:
     pass
-print("LOADED", *sorted(m for m in ("torch", "torchvision", "pycocotools", "matplotlib", "submitit") if m in sys.modules))
+heavy = ("torch", "torchvision", "pycocotools", "matplotlib", "submitit")
+print("LOADED", *sorted(m for m in heavy if m in sys.modules))
 """
 
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["list"], ["show", "table3"], ["status", "table3"], ["report", "table3"], ["run", "table3", "--dry-run"]],
+    [
+        ["--help"],
+        ["list"],
+        ["show", "table3"],
+        ["status", "table3"],
+        ["report", "table3"],
+        ["run", "table3", "--dry-run"],
+    ],
 )
 def test_no_model_commands_do_not_import_torch(args, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, *args, *(["--results", str(tmp_path)] if args[0] in ("list", "status", "report", "run") else [])],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    store = ["--results", str(tmp_path)] if args[0] in ("list", "status", "report", "run") else []
+    result = subprocess.run([sys.executable, "-c", PROBE, *args, *store], capture_output=True, text=True, cwd=tmp_path)
     loaded = result.stdout.strip().splitlines()[-1]
     assert loaded == "LOADED", f"atssrepro {' '.join(args)} imported: {loaded.removeprefix('LOADED')}"

@@ -11,13 +11,12 @@ import json
 import zipfile
 from pathlib import Path
 
-import pytest
 import torch
+from test_fuzz_cli import run_cli
 
 from atssrepro import config as cfg
 from atssrepro.harness.plan import plan
 from atssrepro.harness.specs import load_table
-from test_fuzz_cli import run_cli
 
 SMOKE = cfg.build_config(None, "smoke")
 
@@ -111,7 +110,9 @@ def test_a_pickle_that_runs_code_is_refused_by_every_reader(tmp_path, capsys, sy
         }  # fmt: skip
         for what, args in commands.items():
             code, _, err = run_cli(args, capsys, tmp_path)
-            assert_one_line(code, err, evil.name if what != "eval run folder" and what != "train resume" else "checkpoint.pt")
+            assert_one_line(
+                code, err, evil.name if what != "eval run folder" and what != "train resume" else "checkpoint.pt"
+            )
             assert not marker.exists(), f"{what} ({kind}) executed the pickle"
 
 
@@ -129,14 +130,18 @@ def test_corrupt_run_records_show_as_corrupt_and_run_refuses_them(tmp_path, caps
     (results / runs[3].run_id).mkdir()
     (results / runs[3].run_id / "run.json").write_text(json.dumps({"state": "failed", "message": "boom"}))
 
-    code, out, err = run_cli(["status", "table3", "--preset", "smoke", "--results", str(results), "--json"], capsys, tmp_path)
+    code, out, err = run_cli(
+        ["status", "table3", "--preset", "smoke", "--results", str(results), "--json"], capsys, tmp_path
+    )
     assert code == 0, err
     statuses = {s["run_id"]: s for s in map(json.loads, out.splitlines())}
     for run_id, (name, _) in corrupt.items():
         assert statuses[run_id]["state"] == "corrupt" and name in statuses[run_id]["message"]
     assert statuses[runs[3].run_id]["state"] == "failed"  # the others go on
 
-    code, out, err = run_cli(["report", "table3", "--preset", "smoke", "--results", str(results), "-f", "csv"], capsys, tmp_path)
+    code, out, err = run_cli(
+        ["report", "table3", "--preset", "smoke", "--results", str(results), "-f", "csv"], capsys, tmp_path
+    )
     assert code == 0 and "corrupt" in out and "run.json" in err
 
     before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
@@ -152,7 +157,9 @@ def test_train_on_a_malformed_annotation_file_is_one_line(tmp_path, capsys, synt
     ann = json.loads((synth_coco / "annotations" / "instances_train2017.json").read_text())
     ann["annotations"][3]["bbox"] = [1, 2, float("nan"), 4]
     (data / "annotations" / "instances_train2017.json").write_text(json.dumps(ann))
-    code, _, err = run_cli(["train", "--preset", "smoke", "--data", str(data), "--out", str(tmp_path / "run")], capsys, tmp_path)
+    code, _, err = run_cli(
+        ["train", "--preset", "smoke", "--data", str(data), "--out", str(tmp_path / "run")], capsys, tmp_path
+    )
     assert_one_line(code, err, "instances_train2017.json", "annotations[3]", "not 4 finite numbers")
     # the run folder records why it stopped, and nothing else
     assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "failed"

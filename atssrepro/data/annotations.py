@@ -117,7 +117,9 @@ def _duplicates(entries: list[dict], key: str, problems: _Problems) -> None:
     seen: set = set()
     for entry in entries:
         ident = entry.get("id")
-        if is_int(ident) and ident in seen:
+        if not is_int(ident):
+            continue  # reported by the entry checks
+        if ident in seen:
             problems.add(f"{key}:duplicate", f"{key} has id {ident} twice")
         seen.add(ident)
 
@@ -132,9 +134,15 @@ def read_coco(
     ``need_area`` an ``area`` on every annotation (COCO evaluation buckets objects by it).
     """
     path = Path(path)
-    fix = "point to a COCO instances_*.json file" if need_annotations else "point to a COCO instances_*.json file or image_info_*.json file"
+    fix = (
+        "point to a COCO instances_*.json file"
+        if need_annotations
+        else "point to a COCO instances_*.json file or image_info_*.json file"
+    )
     dataset = read_json(path, "annotation file", fix)
-    missing = [key for key in ("images", "annotations", "categories") if not isinstance(dataset, dict) or key not in dataset]
+    missing = [
+        key for key in ("images", "annotations", "categories") if not isinstance(dataset, dict) or key not in dataset
+    ]
     if missing and (need_annotations or missing != ["annotations"]):
         raise UserError(f"annotation file {path} is not in COCO format (no {', '.join(missing)}); {fix}")
 
@@ -160,6 +168,7 @@ def read_coco(
     problems.raise_first(fix)
 
     area = _field("area", lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0")
+    iscrowd = _field("iscrowd", lambda v: v in (0, 1), "0 or 1")
     image_ids = {image["id"] for image in images}
     category_ids = {category["id"] for category in categories}
     annotations = _entries(dataset, "annotations", problems)
@@ -172,7 +181,7 @@ def read_coco(
                 "category_id", lambda v: is_int(v) and v in category_ids, "the id of a category of the file"
             ),
             "bbox": _bbox,
-            "iscrowd": lambda a: None if a.get("iscrowd", 0) in (0, 1) else f"has iscrowd = {a['iscrowd']!r:.20}, not 0 or 1",
+            "iscrowd": lambda a: iscrowd(a) if "iscrowd" in a else None,
             "area": lambda a: area(a) if need_area or "area" in a else None,
         },
     )  # fmt: skip

@@ -49,11 +49,11 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint not found") from None
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, KeyError, TypeError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(
-            f"{path}: corrupt or not an atssrepro checkpoint ({reason}); delete it to start over"
-        ) from None
+        raise UserError(f"{path}: corrupt or not an atssrepro checkpoint ({reason}); delete it to start over") from None
     expected = {"model": dict, "config": dict, "iteration": int, "num_classes": int}
-    wrong = [key for key, kind in expected.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    wrong = [
+        key for key, kind in expected.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)
+    ]
     if wrong:
         raise UserError(
             f"{path}: not an atssrepro checkpoint (no valid {', '.join(wrong)} entry); delete it or pass another file"
@@ -62,7 +62,8 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def restore(path: Path, load_state: Callable[[], None]) -> None:
-    """Run ``load_state`` (``module.load_state_dict(...)`` calls); a state that does not fit is one line naming ``path``."""
+    """Run ``load_state`` (``module.load_state_dict(...)`` calls) for the checkpoint ``path``; a state
+    that does not fit the model is one line naming ``path``."""
     try:
         load_state()
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from atssrepro.errors import warn
 from atssrepro.harness.plan import run_ids_by_row
 from atssrepro.harness.specs import TableSpec
-from atssrepro.errors import warn
 from atssrepro.harness.store import CORRUPT, Store
 
 COLUMNS = ["table", "row", "label", "preset", "seed", "run_id", "state", "metric", "reproduced", "published"]

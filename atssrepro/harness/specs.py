@@ -170,7 +170,10 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
             reference_only=_typed(raw.get("reference_only", False), bool, f"{place}: reference_only"),
             note=_typed(raw.get("note", ""), str, f"{place}: note"),
             section=_typed(raw.get("section", ""), str, f"{place}: section"),
-            info={k: _typed(v, str, f"{place}: info.{k}") for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()},
+            info={
+                k: _typed(v, str, f"{place}: info.{k}")
+                for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()
+            },
             grid=_strings(raw.get("grid", ["", ""]), f"{place}: grid", length=2),
             checked=_strings(raw.get("checked", []), f"{place}: checked"),
         )
