@@ -592,8 +592,8 @@ def check_consistency(config: Config) -> None:
         )
     if m.head.group_norm and m.head.channels % 32:
         problems.append(f"model.head.channels = {m.head.channels} must be a multiple of 32 (GroupNorm(32))")
-    if t.pad_group < 1 or t.batch_size % t.pad_group:
-        problems.append(f"train.pad_group = {t.pad_group} must be >= 1 and divide train.batch_size = {t.batch_size}")
+    if t.batch_size % t.pad_group:
+        problems.append(f"train.pad_group = {t.pad_group} must divide train.batch_size = {t.batch_size}")
     if m.loss.regression.startswith("ltrb_") and m.regression != "point":
         problems.append(f"model.loss.regression = {m.loss.regression!r} needs model.regression = 'point'")
     if m.loss.normalizer == "retinanet" and (m.loss.regression != "smooth_l1" or m.head.centerness):
