@@ -68,6 +68,7 @@ def train(
 
     A run folder that already holds a checkpoint is resumed; a finished one is not retrained.
     """
+    check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro import distributed
     from atssrepro.engine.run import execute
@@ -108,6 +109,7 @@ def eval_(
     if target is None:
         raise UserError("give a run folder or a checkpoint file, or --detections FILE --ann FILE")
 
+    check_torch_pair()
     from atssrepro import distributed
     from atssrepro.engine.run import evaluate_run
 
@@ -145,6 +147,7 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Multi-scale + flip testing with box voting (Table 8)."),
 ) -> None:
     """Detect on an images-only split (COCO test-dev) and write the zip for the evaluation server."""
+    check_torch_pair()
     from atssrepro import distributed
     from atssrepro.data.coco import CocoDetection
     from atssrepro.engine.run import detect, model_from_checkpoint
@@ -283,7 +286,10 @@ def run(
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
+    check_torch_pair()
     store = Store(results)
+    if not force:
+        store.refuse_corrupt([r.run_id for r in runs])
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
 
@@ -524,6 +530,7 @@ def analyze_assignment(
     config), runs each strategy, prints a markdown summary and writes ``summary.csv``,
     ``per_gt.csv`` and ``positives.png`` to ``--out``.
     """
+    check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro.analysis.assignment import (
         assignment_statistics,
@@ -548,7 +555,10 @@ def analyze_assignment(
 
 
 def check_torch_pair() -> None:
-    """Fail in one line when torchvision was built for another torch than the installed one."""
+    """Fail in one line when torchvision was built for another torch than the installed one.
+
+    Called by the commands that need torch only: the others (--help, list, show, status, report,
+    run --dry-run) never import it, so that they start in a fraction of a second."""
     try:
         import torchvision  # noqa: F401
     except (RuntimeError, ImportError, OSError) as e:
@@ -563,7 +573,6 @@ def check_torch_pair() -> None:
 def main() -> None:
     """Entry point: Typer handles usage errors (exit 2); a UserError becomes one line and exit 2."""
     try:
-        check_torch_pair()
         app()
     except UserError as e:
         console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)

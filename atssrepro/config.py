@@ -7,7 +7,9 @@ ATSS_TABLES.md §1. A config is built in layers, each overriding the previous on
     defaults  ->  a named built-in config or a TOML file  ->  a preset  ->  ``--set key=value``
 
 Every field is plain data, so a resolved config round-trips through TOML and gets a
-content hash (:func:`config_id`) that names its run folder.
+content hash (:func:`config_id`) that names its run folder. Every field also has a value rule in
+:data:`RULES`, checked whenever a value enters a config (a TOML file, a preset, ``--set``, a table
+spec, a checkpoint's config read back); :func:`check_consistency` adds the rules between fields.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import sys
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -168,7 +172,8 @@ class DataConfig:
     val_ann: str = "annotations/instances_val2017.json"
     val_images: str = "val2017"
     train_short_side: tuple[int, int] = (800, 800)
-    """Inclusive range the training shorter side is drawn from; (640, 800) is the 2x multi-scale recipe."""
+    """Inclusive range [low, high] the training shorter side is drawn from; (640, 800) is the 2x
+    multi-scale recipe, [800, 800] a fixed size. Always two numbers: a one-element list is an error."""
     test_short_side: int = 800
     max_size: int = 1333
     """Cap on the longer side, at training and at test."""
@@ -267,6 +272,144 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# Value rules: one per config field, by dotted key. The field's type is checked first (see
+# `_coerce`; NaN is never a valid number), then its rule. A new field needs a line here:
+# tests/test_config.py fails, naming the field, until it has one.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What values a config field takes beyond its type. For a list field, ``check`` applies to
+    each element; ``length`` and ``increasing`` to the list."""
+
+    check: Callable[[Any], bool] = lambda value: True
+    text: str = ""
+    """The rule in words, for the error message: "an integer >= 1"."""
+    allow_inf: bool = False
+    """inf is a valid value (the open last bound of ``scale_ranges``); NaN never is."""
+    length: int | None = None
+    increasing: bool = False
+    """Each element >= the previous one."""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` (already of the field's type) breaks the rule, or None."""
+        items = value if isinstance(value, tuple) else (value,)
+        if not self.allow_inf and any(isinstance(v, float) and math.isinf(v) for v in items):
+            return "must be finite"
+        if self.length is not None and len(items) != self.length:
+            return f"must have exactly {self.length} elements"
+        if self.increasing and list(items) != sorted(items):
+            return "must be increasing"
+        if not all(self.check(v) for v in items):
+            return f"must be {self.text}"
+        return None
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: v >= low, f">= {low}")
+
+
+def between(low: float, high: float) -> Rule:
+    """Inclusive range."""
+    return Rule(lambda v: low <= v <= high, f"in [{low}, {high}]")
+
+
+def positive(high: float = math.inf) -> Rule:
+    """> 0 (and <= ``high``)."""
+    return Rule(lambda v: 0 < v <= high, "> 0" if high == math.inf else f"in (0, {high}]")
+
+
+ANY = Rule(text="any value of its type")
+"""The field's type (a Literal, a bool, a free string) says everything there is to check."""
+NONEMPTY = Rule(lambda v: bool(v.strip()), "a non-empty string")
+PROBABILITY = between(0, 1)
+IMAGE_SIDE = between(32, 8192)
+"""Pixels: below 32 px the stride-128 level P7 has nothing to see; above 8192 no GPU holds the image."""
+
+RULES: dict[str, Rule] = {
+    "model.backbone.name": ANY,
+    "model.backbone.style": ANY,
+    "model.backbone.weights": ANY,
+    "model.backbone.trainable_stages": between(0, 5),
+    "model.backbone.dcn": ANY,
+    "model.fpn_channels": at_least(1),
+    "model.p6_from": ANY,
+    "model.head.channels": at_least(1),
+    "model.head.convs": at_least(1),
+    "model.head.group_norm": ANY,
+    "model.head.centerness": ANY,
+    "model.head.learnable_scales": ANY,
+    "model.head.dcn": ANY,
+    "model.head.point_bias_init": ANY,  # any finite number; NaN and inf are refused for every field
+    "model.anchors.scale": positive(),
+    "model.anchors.aspect_ratios": positive(),
+    "model.anchors.scales_per_octave": at_least(1),
+    "model.assign.strategy": ANY,
+    "model.assign.topk": at_least(1),
+    "model.assign.positive_iou": PROBABILITY,
+    "model.assign.negative_iou": PROBABILITY,
+    "model.assign.low_quality_matches": ANY,
+    "model.assign.in_gt_box": ANY,
+    "model.assign.scale_ranges": Rule(lambda v: v >= 0, ">= 0", allow_inf=True, length=6, increasing=True),
+    "model.assign.center_radius": positive(),
+    "model.regression": ANY,
+    "model.loss.focal_alpha": PROBABILITY,
+    "model.loss.focal_gamma": between(0, 10),
+    "model.loss.regression": ANY,
+    "model.loss.normalizer": ANY,
+    "model.loss.smooth_l1_beta": positive(),
+    "model.loss.reg_weight": between(0, 100),
+    "model.inference.score_threshold": PROBABILITY,
+    "model.inference.pre_nms_topk": at_least(1),
+    "model.inference.nms_iou": PROBABILITY,
+    "model.inference.detections_per_image": at_least(1),
+    "data.root": NONEMPTY,
+    "data.train_ann": NONEMPTY,
+    "data.train_images": NONEMPTY,
+    "data.val_ann": NONEMPTY,
+    "data.val_images": NONEMPTY,
+    "data.train_short_side": dataclasses.replace(IMAGE_SIDE, length=2, increasing=True),
+    "data.test_short_side": IMAGE_SIDE,
+    "data.max_size": IMAGE_SIDE,
+    "data.flip_prob": PROBABILITY,
+    "data.size_divisible": between(1, 256),
+    "data.num_workers": between(0, 256),
+    "train.batch_size": at_least(1),
+    "train.pad_group": at_least(1),
+    "train.base_lr": positive(),
+    "train.iterations": at_least(1),
+    "train.lr_steps": Rule(lambda v: v >= 1, ">= 1", increasing=True),
+    "train.lr_gamma": positive(1),
+    "train.warmup_iters": at_least(0),
+    "train.warmup_factor": positive(1),
+    "train.warmup_method": ANY,
+    "train.momentum": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.weight_decay": between(0, 1),
+    "train.bias_lr_factor": between(0, 100),
+    "train.bias_weight_decay": between(0, 1),
+    "train.amp": ANY,
+    "train.checkpoint_every": at_least(1),
+    "train.log_every": at_least(1),
+    "train.seed": between(0, 2**63 - 1),
+    "eval.batch_size": at_least(1),
+    "eval.backend": ANY,
+    "eval.tta": ANY,
+}
+
+
+def config_fields(cls: type = Config, prefix: str = "") -> list[str]:
+    """The dotted keys of every leaf field of ``cls``: ``model.assign.topk``, ..."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += config_fields(tp, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -276,7 +419,10 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return f"a list of {typing.get_args(tp)[0].__name__}"
+        args = typing.get_args(tp)
+        if args[-1] is not Ellipsis:
+            return f"a list of {len(args)} {args[0].__name__}s"
+        return f"a list of {args[0].__name__}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -292,21 +438,33 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise bad()
         return value
     if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not value:
+        args = typing.get_args(tp)
+        fixed = args[-1] is not Ellipsis
+        if not isinstance(value, (list, tuple)) or not value or (fixed and len(value) != len(args)):
             raise bad()
-        item_type = typing.get_args(tp)[0]
-        return tuple(_coerce(v, item_type, key, source) for v in value)
+        return tuple(_coerce(v, args[0], key, source) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
         raise bad()
     if not isinstance(value, tp):
         raise bad()
+    if isinstance(value, float) and math.isnan(value):
+        raise UserError(f"{source}: {key} = nan is not valid; expected a number")
     return value
 
 
-def _merge(obj: Any, overrides: dict[str, Any], source: str, prefix: str = "") -> Any:
-    """Return a copy of the dataclass ``obj`` with the nested ``overrides`` applied, validated."""
+def _merge(
+    obj: Any, overrides: dict[str, Any], source: str, prefix: str = "", rules: Mapping[str, Rule] | None = None
+) -> Any:
+    """Return a copy of the dataclass ``obj`` with the nested ``overrides`` applied, validated
+    against the field types and, for the fields that have one, the rule of ``rules``.
+
+    Without ``rules`` (another dataclass than :class:`Config`), numbers must still be finite."""
+    if not isinstance(overrides, dict):
+        raise UserError(
+            f"{source}: {prefix.rstrip('.') or 'the config'} must be a table of KEY = VALUE, not {overrides!r}"
+        )
     types_ = _field_types(type(obj))
     changes: dict[str, Any] = {}
     for name, value in overrides.items():
@@ -322,9 +480,14 @@ def _merge(obj: Any, overrides: dict[str, Any], source: str, prefix: str = "") -
             if not isinstance(value, dict):
                 example = next(iter(_field_types(type(current))))
                 raise UserError(f"{source}: {key} is a section; set its fields, e.g. {key}.{example}")
-            changes[name] = _merge(current, value, source, key + ".")
+            changes[name] = _merge(current, value, source, key + ".", rules)
         else:
             changes[name] = _coerce(value, types_[name], key, source)
+            rule = rules.get(key, Rule()) if rules is not None else Rule()
+            problem = rule.problem(changes[name])
+            if problem:
+                shown = list(value) if isinstance(value, (list, tuple)) else value
+                raise UserError(f"{source}: {key} = {shown!r} is not valid: {problem}")
     return dataclasses.replace(obj, **changes)
 
 
@@ -362,6 +525,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a TOML text file (not UTF-8 at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     return load_toml_text(text, str(path))
 
 
@@ -387,7 +554,7 @@ def resolve_config_source(name_or_path: str) -> Path:
 
 def apply(config: Config, overrides: dict[str, Any], source: str) -> Config:
     """Apply nested ``overrides`` (from a TOML file, a preset or ``--set``) to ``config``."""
-    return _merge(config, overrides, source)
+    return _merge(config, overrides, source, rules=RULES if isinstance(config, Config) else None)
 
 
 def build_config(
@@ -415,21 +582,18 @@ def build_config(
 
 
 def check_consistency(config: Config) -> None:
-    """Constraints between fields that the per-field types cannot express."""
-    t, d = config.train, config.data
-    lo, hi = d.train_short_side
+    """The rules between fields (those of one field are in :data:`RULES`)."""
+    t, m = config.train, config.model
     problems = []
-    if lo > hi:
-        problems.append(f"data.train_short_side = [{lo}, {hi}] must be [low, high]")
-    if list(t.lr_steps) != sorted(t.lr_steps):
-        problems.append(f"train.lr_steps = {list(t.lr_steps)} must be increasing")
-    if t.batch_size < 1 or t.iterations < 1 or t.checkpoint_every < 1 or t.log_every < 1:
-        problems.append("train.batch_size, iterations, checkpoint_every and log_every must be >= 1")
-    m = config.model
+    if t.lr_steps[-1] > t.iterations:
+        problems.append(
+            f"train.lr_steps = {list(t.lr_steps)} must lie in [1, train.iterations = {t.iterations}]; "
+            "set train.lr_steps too when you shorten a run"
+        )
     if m.head.group_norm and m.head.channels % 32:
         problems.append(f"model.head.channels = {m.head.channels} must be a multiple of 32 (GroupNorm(32))")
-    if t.pad_group < 1 or t.batch_size % t.pad_group:
-        problems.append(f"train.pad_group = {t.pad_group} must be >= 1 and divide train.batch_size = {t.batch_size}")
+    if t.batch_size % t.pad_group:
+        problems.append(f"train.pad_group = {t.pad_group} must divide train.batch_size = {t.batch_size}")
     if m.loss.regression.startswith("ltrb_") and m.regression != "point":
         problems.append(f"model.loss.regression = {m.loss.regression!r} needs model.regression = 'point'")
     if m.loss.normalizer == "retinanet" and (m.loss.regression != "smooth_l1" or m.head.centerness):
@@ -439,11 +603,11 @@ def check_consistency(config: Config) -> None:
         )
     if m.regression == "point" and len(m.anchors.aspect_ratios) * m.anchors.scales_per_octave != 1:
         problems.append("model.regression = 'point' needs one anchor per location")
-    ranges = m.assign.scale_ranges
-    if len(ranges) != 6 or list(ranges) != sorted(ranges):
-        problems.append(f"model.assign.scale_ranges = {list(ranges)} must be 6 increasing bounds for P3..P7")
-    if not 0 <= config.model.backbone.trainable_stages <= 5:
-        problems.append("model.backbone.trainable_stages must be in 0..5")
+    if m.assign.negative_iou > m.assign.positive_iou:
+        problems.append(
+            f"model.assign.negative_iou = {m.assign.negative_iou} must be <= "
+            f"model.assign.positive_iou = {m.assign.positive_iou}"
+        )
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
 

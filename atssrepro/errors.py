@@ -1,4 +1,6 @@
-"""The one exception type that reaches the user as a one-line message."""
+"""The one exception type that reaches the user as a one-line message, and warnings for input that is skipped."""
+
+import sys
 
 
 class UserError(Exception):
@@ -20,3 +22,8 @@ def one_line(error: BaseException) -> str:
         text = text.splitlines()[-1]
         return text.removeprefix(f"{UserError.__module__}.{UserError.__name__}: ")
     return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
+
+
+def warn(message: str) -> None:
+    """Tell the user, in one line on stderr, about input that is skipped (and counted) rather than refused."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

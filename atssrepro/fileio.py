@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from atssrepro.errors import UserError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = False) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
@@ -17,8 +19,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     flushed and fsync'ed first so that a crash never leaves a truncated ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the path of a file to write")
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); pick a writable place") from None
     try:
         # mkstemp creates the file 0600; the file it becomes gets the mode open() would give it.
         os.fchmod(fd, 0o666 & ~umask())
@@ -27,6 +34,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({e.strerror}); pick a writable place with free space") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -44,6 +54,16 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def make_dirs(path: str | os.PathLike) -> None:
+    """``mkdir -p path``; a file in the way or an unwritable parent is one line naming the path."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{path} is a file, not a folder; give a folder path") from None
+    except OSError as e:
+        raise UserError(f"cannot create the folder {path} ({e.strerror}); pick a writable place") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -66,7 +66,7 @@ def test_offline_download_says_how_to_provide_the_file(monkeypatch):
 
 def test_broken_torchvision_is_reported_in_one_line():
     # torchvision that cannot load (e.g. built for another torch) must not end in a traceback.
-    code = "import sys; sys.modules['torchvision'] = None; sys.argv = ['atssrepro', 'config']; "
+    code = "import sys; sys.modules['torchvision'] = None; sys.argv = ['atssrepro', 'train', '--preset', 'smoke']; "
     code += "from atssrepro.cli import main; main()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2

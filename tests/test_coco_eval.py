@@ -187,7 +187,7 @@ GOOD = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5.5, 5], "score": 0.5}
         ("[{", "not valid JSON"),
         ('{"image_id": 1}', r"must hold a JSON list of detections \(got dict\)"),
         (json.dumps([GOOD, {k: v for k, v in GOOD.items() if k != "score"}]), "entry 1 has no 'score'"),
-        (json.dumps([GOOD, GOOD, {**GOOD, "bbox": [0, 0, 5]}]), r"entry 2 has bbox \[0, 0, 5\], not 4 numbers"),
+        (json.dumps([GOOD, GOOD, {**GOOD, "bbox": [0, 0, 5]}]), r"entry 2 has bbox \[0, 0, 5\], not 4 finite numbers"),
         (json.dumps([{**GOOD, "bbox": [0, 0, "5", 5]}]), "entry 0 has bbox"),
         (json.dumps([GOOD, 3]), r"entry 1 is not a JSON object \(got int\)"),
     ],

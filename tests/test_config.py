@@ -26,7 +26,9 @@ def test_defaults_are_the_official_recipe():
 def test_layers_apply_in_order(tmp_path):
     path = tmp_path / "k7.toml"
     path.write_text("[model.assign]\ntopk = 7\n[train]\niterations = 123\n")
-    c = cfg.build_config(str(path), "smoke", ["train.iterations=5", "data.train_short_side=[640, 800]"], "/data")
+    c = cfg.build_config(
+        str(path), "smoke", ["train.iterations=5", "train.lr_steps=[4]", "data.train_short_side=[640, 800]"], "/data"
+    )
     assert c.model.assign.topk == 7  # from the file
     assert c.model.backbone.name == "resnet18"  # from the preset
     assert c.train.iterations == 5  # --set wins over the preset and the file
@@ -80,3 +82,57 @@ def test_lr_schedule_constant_warmup_then_steps():
     assert lr_factor(60_000, t) == pytest.approx(0.1) and lr_factor(80_000, t) == pytest.approx(0.01)
     linear = cfg.TrainConfig(warmup_method="linear")
     assert lr_factor(0, linear) == pytest.approx(1 / 3) and lr_factor(250, linear) == pytest.approx(2 / 3)
+
+
+def test_every_config_field_has_a_value_rule():
+    """A new config field needs one line in config.RULES (its range, or ANY when its type says it all)."""
+    fields = cfg.config_fields()
+    missing = [key for key in fields if key not in cfg.RULES]
+    assert not missing, f"add a rule to atssrepro/config.py RULES for: {', '.join(missing)}"
+    stale = [key for key in cfg.RULES if key not in fields]
+    assert not stale, f"RULES names fields that do not exist: {', '.join(stale)}"
+
+
+def test_defaults_and_presets_obey_the_rules():
+    for preset in cfg.PRESETS:
+        cfg.build_config(None, preset)
+    cfg.build_config("atss_r50_fpn_1x", "paper")
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("model.assign.topk=0", "model.assign.topk = 0 is not valid: must be >= 1"),
+        ("train.base_lr=-0.01", "train.base_lr = -0.01 is not valid"),
+        ("train.base_lr=nan", "train.base_lr = nan"),
+        ("train.base_lr=inf", "must be finite"),
+        ("train.momentum=2", "train.momentum = 2 is not valid: must be in [0, 1)"),
+        ("model.assign.positive_iou=1.5", "positive_iou"),
+        ("model.assign.negative_iou=0.6", "negative_iou = 0.6 must be <="),
+        ("data.train_short_side=[800]", "expected a list of 2 ints"),
+        ("data.train_short_side=[1, 1]", "data.train_short_side"),
+        ("data.test_short_side=100000", "data.test_short_side"),
+        ("train.lr_steps=[0]", "train.lr_steps"),
+        ("train.lr_steps=[100000]", "must lie in [1, train.iterations = 90000]"),
+        ("model.anchors.aspect_ratios=[0.5, -1]", "aspect_ratios"),
+        ("model.anchors.scale=0", "model.anchors.scale"),
+        ("model.assign.scale_ranges=[0, 64, 32, 256, 512, inf]", "must be increasing"),
+        ("model.assign.scale_ranges=[0, 64, 128, 256, inf]", "exactly 6 elements"),
+        ("model.assign.scale_ranges=[0, 64, 128, 256, 512, nan]", "nan"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.root=''", "non-empty"),
+        ("model.loss.focal_gamma=-inf", "model.loss.focal_gamma"),
+        ("model.inference.score_threshold=1.01", "score_threshold"),
+    ],
+)
+def test_values_out_of_range_are_one_line_errors(assignment, message):
+    with pytest.raises(UserError) as error:
+        cfg.build_config(None, "paper", [assignment])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_rules_apply_to_a_config_read_back(tmp_path):
+    bad = cfg.to_dict(cfg.Config())
+    bad["model"]["assign"]["topk"] = 0
+    with pytest.raises(UserError, match="checkpoint.pt: model.assign.topk = 0"):
+        cfg.from_dict(bad, "checkpoint.pt")

@@ -25,6 +25,7 @@ def test_two_ranks_match_one_process(tmp_path):
     make_synthetic_coco(data, train_images=6, val_images=3, seed=1, min_side=96, max_side=160)
     args = [*TINY, "--data", str(data), "--set", "train.iterations=4", "--set", "data.num_workers=0"]
     args += ["--set", "train.batch_size=4", "--set", "data.train_short_side=[96, 160]"]
+    args += ["--set", "train.lr_steps=[3]"]
 
     atssrepro("train", *args, "--out", str(tmp_path / "single"))
     ddp = subprocess.run(

@@ -24,7 +24,17 @@ from atssrepro.engine.run_dir import RunDir
 from cli import TINY, atssrepro
 
 FAULTS = Path(__file__).parent / "faults"
-SHORT = [*TINY, "--set", "train.iterations=4", "--set", "train.checkpoint_every=2", "--set", "data.num_workers=2"]
+SHORT = [
+    *TINY,
+    "--set",
+    "train.iterations=4",
+    "--set",
+    "train.lr_steps=[3]",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "data.num_workers=2",
+]
 # A failing run does at most the work of a normal one; the slack covers a busy machine.
 BOUND = 3
 

@@ -56,6 +56,21 @@ GOOD = {
         (lambda d: d["rows"][0].update(id="Bad Id"), "id must be lowercase"),
         (lambda d: d.pop("caption"), "missing 'caption'"),
         (lambda d: d.update(layout="grid"), "grid"),
+        (
+            lambda d: d["rows"][0].update(published={"AP": float("nan")}),
+            "published AP = nan must be a number in 0..100",
+        ),
+        (lambda d: d["rows"][0].update(published={"AP": 250}), "published AP = 250 must be a number in 0..100"),
+        (lambda d: d.update(metrics=["AP", "AP"]), "names a metric twice"),
+        (
+            lambda d: d["rows"][0].update(config={"model": {"assign": {"topk": 0}}}),
+            "model.assign.topk = 0 is not valid",
+        ),
+        (lambda d: d["rows"][0].update(info={"Data": 3}), "info.Data: expected a str"),
+        (lambda d: d["rows"][0].update(checked=[1]), "checked: expected a list of strings"),
+        (lambda d: d["rows"][0].update(grid=["a"]), "grid: expected a list of 2 strings"),
+        (lambda d: d.update(info_columns="Data"), "info_columns: expected a list"),
+        (lambda d: d.update(layout=3), "layout: expected a str"),
     ],
 )
 def test_spec_errors_name_the_file_and_the_place(change, message):

@@ -158,14 +158,21 @@ def test_import_then_eval_from_the_command_line(tmp_path, tiny_coco, two_image_v
 
 
 @needs_ref
-@pytest.mark.slow
-def test_imported_run_evaluates_with_tta(tmp_path, tiny_coco, two_image_val):
-    official = official_state_dict("ATSS_BOX")
+def test_imported_run_evaluates_with_tta(tmp_path, tiny_coco, two_image_val, monkeypatch):
+    """The imported folder takes the multi-scale path of ``eval --tta`` (with two small scales here,
+    the official twelve up to 1800 px take minutes per image on a CPU)."""
+    from rich.console import Console
+
+    from atssrepro.engine import run as run_module
+    from atssrepro.engine.official_import import import_official_checkpoint
+    from atssrepro.engine.tta import TTAConfig
+
     weights = tmp_path / "bare.pth"
-    torch.save(official, weights)
-    run = tmp_path / "zoo_r50"
-    small = [f"data.root={tiny_coco}", f"data.val_ann={two_image_val}"]
-    sets = [arg for s in small for arg in ("--set", s)]
-    atssrepro("import", "official", str(weights), "--config", "atss_r50_fpn_1x", "--out", str(run), *sets)
-    metrics = json.loads(atssrepro("eval", str(run), "--tta", "--json").stdout)
+    torch.save(official_state_dict("ATSS_BOX"), weights)
+    small = ["data.test_short_side=192", "data.max_size=320", "data.num_workers=0"]
+    small += [f"data.root={tiny_coco}", f"data.val_ann={two_image_val}"]
+    run = import_official_checkpoint(weights, cfg.build_config("atss_r50_fpn_1x", "paper", small), tmp_path / "zoo")
+    two_scales = TTAConfig(scales=(160, 224), max_size=400, scale_ranges=((0, 1e5), (0, 1e5)))
+    monkeypatch.setattr(run_module, "TTAConfig", lambda: two_scales)
+    metrics = run_module.evaluate_run(run, Console(quiet=True), tta=True)
     assert metrics["num_images"] == 2 and (run / "metrics_tta.json").is_file()

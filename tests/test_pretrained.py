@@ -243,8 +243,8 @@ def test_a_run_records_the_weights_it_started_from(tmp_path, synth_coco):
     config = cfg.build_config(
         None,
         "smoke",
-        [f"model.backbone.weights={weights}", "train.iterations=1", "data.test_short_side=128", "data.max_size=128",
-         "data.train_short_side=[128, 128]", "data.num_workers=0"],
+        [f"model.backbone.weights={weights}", "train.iterations=1", "train.lr_steps=[1]", "data.test_short_side=128",
+         "data.max_size=128", "data.train_short_side=[128, 128]", "data.num_workers=0"],
         str(synth_coco),
     )  # fmt: skip
     run = RunDir(tmp_path / "run")

@@ -52,7 +52,16 @@ def test_eval_and_tta_print_lines_in_a_log(synth_coco: Path):
 
 def test_train_and_eval_commands_print_progress_lines_when_stderr_is_a_file(synth_coco, tmp_path):
     run = tmp_path / "run"
-    settings = ["--set", "train.iterations=4", "--set", "train.log_every=2", "--set", "data.num_workers=0"]
+    settings = [
+        "--set",
+        "train.iterations=4",
+        "--set",
+        "train.lr_steps=[3]",
+        "--set",
+        "train.log_every=2",
+        "--set",
+        "data.num_workers=0",
+    ]
     result = atssrepro("train", *TINY, *settings, "--data", str(synth_coco), "--out", str(run))
     assert re.findall(r"^train (\d+)/4 loss [\d.]+", result.stderr, re.MULTILINE) == ["2", "4"]
     assert re.findall(r"^eval (\d+)/\d+$", result.stderr, re.MULTILINE)

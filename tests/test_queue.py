@@ -194,6 +194,7 @@ def test_ctrl_c_checkpoints_the_last_iteration_and_the_run_resumes(synth_coco, t
     run = tmp_path / "run"
     args = [*TINY, "--data", str(synth_coco), "--out", str(run)]
     args += ["--set", "train.iterations=6", "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"]
+    args += ["--set", "train.lr_steps=[5]"]
     process = subprocess.Popen(
         [sys.executable, "-m", "atssrepro", "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

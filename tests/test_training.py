@@ -96,6 +96,7 @@ def test_divergence_stops_the_run_without_evaluating(synth_coco, tmp_path):
     result = atssrepro(
         "train", *TINY, "--data", str(synth_coco), "--out", str(run),
         "--set", "train.base_lr=1e6", "--set", "train.iterations=6", "--set", "train.log_every=1",
+        "--set", "train.lr_steps=[5]",
         check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "diverged" in result.stderr and "Traceback" not in result.stderr

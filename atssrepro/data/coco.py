@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +18,8 @@ import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import InterpolationMode
 
-from atssrepro.errors import UserError
+from atssrepro.data.annotations import read_coco
+from atssrepro.errors import UserError, warn
 
 
 class SampleSpec(NamedTuple):
@@ -107,14 +107,21 @@ class CocoDetection(torch.utils.data.Dataset):
 
         self.image_ids: list[int] = []
         self._targets: list[tuple[torch.Tensor, torch.Tensor]] = []  # per index: boxes in original pixels, labels
+        skipped_boxes = 0
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
             annotations = self.coco.imgToAnns[image_id]
             boxes, labels = usable_boxes(annotations, info["height"], info["width"], category_index)
+            skipped_boxes += sum(not a.get("iscrowd", 0) for a in annotations) - len(boxes)
             if train and len(boxes) == 0:
                 continue
             self.image_ids.append(image_id)
             self._targets.append((boxes, labels))
+        if train and skipped_boxes:
+            warn(
+                f"{ann_file}: {skipped_boxes} boxes of 1 pixel or less (after clipping to their image) are skipped "
+                "in training, as the official loader does"
+            )
 
         if self.image_ids and not self._image_path(0).is_file():
             raise UserError(f"image {self._image_path(0)} listed in {ann_file} not found; {fix}")
@@ -159,21 +166,13 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def load_coco(ann_file: Path, train: bool) -> pycocotools.coco.COCO:
-    """Parse and check a COCO annotation file, then index it with pycocotools without its prints.
+    """Parse and check a COCO annotation file (``data.annotations.read_coco``), then index it with
+    pycocotools without its prints.
 
-    Training needs ``annotations``; inference also reads a file without them (images only).
+    Training needs ``annotations``; inference also reads a file without them (images only), and
+    evaluation needs each annotation's ``area``.
     """
-    try:
-        dataset = json.loads(ann_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"annotation file {ann_file} is not valid JSON ({error}); re-download it") from error
-    keys = ("images", "annotations", "categories")
-    missing = [key for key in keys if not isinstance(dataset, dict) or key not in dataset]
-    if missing and (train or missing != ["annotations"]):
-        expected = "a COCO instances_*.json file" if train else "a COCO instances_*.json or image_info_*.json file"
-        raise UserError(
-            f"annotation file {ann_file} is not in COCO format (no {', '.join(missing)}); point to {expected}"
-        )
+    dataset = read_coco(ann_file, need_annotations=train, need_area=not train)
     coco = pycocotools.coco.COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 from pathlib import Path
 
+from atssrepro.data.annotations import read_coco
 from atssrepro.errors import UserError
-from atssrepro.fileio import atomic_write, write_json
+from atssrepro.fileio import atomic_write, make_dirs, write_json
 
 
 def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *, seed: int = 0) -> Path:
@@ -29,7 +29,7 @@ def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *,
     if out.resolve() == coco_root.resolve():
         raise UserError(f"output folder {out} is the COCO root itself; write the subset to another folder")
 
-    dataset = json.loads(ann_path.read_text(encoding="utf-8"))
+    dataset = read_coco(ann_path)
     available = len(dataset["images"])
     if not 1 <= num_images <= available:
         raise UserError(f"num_images={num_images} is out of range: {ann_path} has {available} images")
@@ -48,7 +48,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     """Hard-link ``source`` to ``target``; copy it where a link is impossible (another filesystem)."""
     if not source.is_file():
         raise UserError(f"image {source} is listed in the annotations but missing; re-download the COCO images")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     target.unlink(missing_ok=True)
     try:
         os.link(source, target)  # a link appears whole, so it needs no temporary file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,42 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: a checkpoint can never execute code."""
+    """Read a checkpoint with ``weights_only=True``: a checkpoint can never execute code.
+
+    An empty, truncated or foreign file, or one without the entries a checkpoint has, is one line
+    naming ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a checkpoint file; pass checkpoint.pt or its run folder")
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise EOFError("the file is empty")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, KeyError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: corrupt or not an atssrepro checkpoint ({reason}); delete it to start over") from None
+    expected = {"model": dict, "config": dict, "iteration": int, "num_classes": int}
+    wrong = [
+        key for key, kind in expected.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)
+    ]
+    if wrong:
         raise UserError(
-            f"{path}: corrupt or not an atssrepro checkpoint ({str(e).splitlines()[0]}); delete it to start over"
-        ) from None
-    if not isinstance(state, dict) or not {"model", "config", "iteration"} <= state.keys():
-        raise UserError(f"{path}: not an atssrepro checkpoint (needs model, config and iteration entries)")
+            f"{path}: not an atssrepro checkpoint (no valid {', '.join(wrong)} entry); delete it or pass another file"
+        )
     return state
+
+
+def restore(path: Path, load_state: Callable[[], None]) -> None:
+    """Run ``load_state`` (``module.load_state_dict(...)`` calls) for the checkpoint ``path``; a state
+    that does not fit the model is one line naming ``path``."""
+    try:
+        load_state()
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        reason = "; ".join(lines[:2])[:300] or type(e).__name__
+        raise UserError(
+            f"{path}: its weights or training state do not fit this model ({reason}); "
+            "it was saved by another config or another version: delete it or pass the matching checkpoint"
+        ) from None

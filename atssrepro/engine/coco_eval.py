@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pycocotools.coco
-
+from atssrepro.data.annotations import is_finite_number, is_int, read_coco, read_json
 from atssrepro.errors import UserError
 
 # In the order of COCOeval.stats.
 COCO_STATS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BACKENDS: tuple[str, ...] = ("pycocotools", "faster-coco-eval")
 DETECTION_KEYS: tuple[str, ...] = ("image_id", "category_id", "bbox", "score")
+
+if TYPE_CHECKING:  # imported on use: the table specs read COCO_STATS without loading pycocotools
+    import pycocotools.coco
 
 
 @dataclass(frozen=True)
@@ -73,29 +74,28 @@ def evaluate_detections(
 
 
 def load_detections(path: Path) -> list[dict]:
-    """Read a COCO results JSON file, checking that every entry is a well-formed detection."""
+    """Read a COCO results JSON file, checking that every entry is a well-formed detection.
+
+    A malformed file stops with one line naming the first offending entry and how many there are."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"detections file {path} does not exist; pass the JSON file written by the evaluation run")
-    try:
-        detections = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(f"detections file {path} is not valid JSON ({error}); re-run the run that wrote it") from None
+    detections = read_json(path, "detections file", "pass the JSON list of detections an evaluation run wrote")
     if not isinstance(detections, list):
         raise UserError(f"detections file {path} must hold a JSON list of detections (got {type(detections).__name__})")
-    for index, detection in enumerate(detections):
-        problem = _detection_problem(detection)
-        if problem:
-            raise UserError(
-                f"detections file {path}: entry {index} {problem}; "
-                f"each entry needs {', '.join(DETECTION_KEYS)} with bbox = [x, y, w, h]"
-            )
+    problems = [(index, problem) for index, d in enumerate(detections) if (problem := _detection_problem(d))]
+    if problems:
+        (index, problem), count = problems[0], len(problems)
+        raise UserError(
+            f"detections file {path}: entry {index} {problem}"
+            + (f" ({count} malformed entries)" if count > 1 else "")
+            + f"; each entry needs {', '.join(DETECTION_KEYS)} with bbox = [x, y, w, h], w and h >= 0"
+        )
     return detections
 
 
 def _backend_classes(backend: str) -> tuple[type, type]:
     """The (COCO, COCOeval) classes of ``backend``."""
     if backend == "pycocotools":
+        import pycocotools.coco
         import pycocotools.cocoeval
 
         return pycocotools.coco.COCO, pycocotools.cocoeval.COCOeval
@@ -116,10 +116,7 @@ def _as_backend_coco(ann: Path | Any, coco_class: type) -> Any:
     if isinstance(ann, coco_class):
         return ann
     if isinstance(ann, (str, Path)):
-        path = Path(ann)
-        if not path.is_file():
-            raise UserError(f"annotation file {path} does not exist; check the dataset root")
-        dataset = json.loads(path.read_text(encoding="utf-8"))
+        dataset = read_coco(Path(ann), need_file_names=False, need_area=True)
     else:
         dataset = ann.dataset
     # Neither COCO constructor takes a dict in both libraries; filling an empty one does.
@@ -134,17 +131,22 @@ def _check_ids(ground_truth: Any, detections: list[dict], image_ids: Sequence[in
     for image_id in image_ids or ():
         if image_id not in ground_truth.imgs:
             raise UserError(f"image_ids contains {image_id}, which is not an image of the annotations")
-    for detection in detections:
-        if detection["image_id"] not in ground_truth.imgs:
-            raise UserError(
-                f"detection image_id {detection['image_id']} is not an image of the annotations; "
-                "evaluate against the annotation file the detections were made for"
-            )
-        if detection["category_id"] not in ground_truth.cats:
-            raise UserError(
-                f"detection category_id {detection['category_id']} is not a category of the annotations; "
-                "detections must use the dataset's category ids, not contiguous class indices"
-            )
+    unknown_images = [i for i, d in enumerate(detections) if d["image_id"] not in ground_truth.imgs]
+    if unknown_images:
+        first = unknown_images[0]
+        raise UserError(
+            f"detection {first} has image_id {detections[first]['image_id']}, which is not an image of the "
+            f"annotations ({len(unknown_images)} detections like this); "
+            "evaluate against the annotation file the detections were made for"
+        )
+    unknown_categories = [i for i, d in enumerate(detections) if d["category_id"] not in ground_truth.cats]
+    if unknown_categories:
+        first = unknown_categories[0]
+        raise UserError(
+            f"detection {first} has category_id {detections[first]['category_id']}, which is not a category of "
+            f"the annotations ({len(unknown_categories)} detections like this); "
+            "detections must use the dataset's category ids, not contiguous class indices"
+        )
 
 
 def _results_coco(ground_truth: Any, detections: list[dict], coco_class: type) -> Any:
@@ -185,11 +187,14 @@ def _detection_problem(detection: Any) -> str | None:
     for key in DETECTION_KEYS:
         if key not in detection:
             return f"has no {key!r}"
+    for key in ("image_id", "category_id"):
+        if not is_int(detection[key]):
+            return f"has {key} {detection[key]!r:.40}, not an integer"
+    if not is_finite_number(detection["score"]):
+        return f"has score {detection['score']!r:.40}, not a finite number"
     bbox = detection["bbox"]
-    if not (
-        isinstance(bbox, list)
-        and len(bbox) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
-    ):
-        return f"has bbox {bbox!r}, not 4 numbers"
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
+        return f"has bbox {bbox!r:.60}, not 4 finite numbers"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"has bbox {bbox!r:.60} with a negative width or height"
     return None

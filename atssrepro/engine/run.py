@@ -51,7 +51,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
         # A resumed run drops the reason its previous start stopped for.
         _record(
             run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device),
-            message=None, traceback=None, **weights,
+            threads=torch.get_num_threads(), message=None, traceback=None, **weights,
         )  # fmt: skip
         try:
             model = train(config, run, device, console)
@@ -100,7 +100,10 @@ def evaluate_model(
 
 
 def read_metrics(run: RunDir) -> dict:
-    return json.loads(run.metrics_path.read_text())
+    problem = run.corruption()
+    if problem:
+        raise UserError(problem)
+    return json.loads(run.metrics_path.read_text(encoding="utf-8"))
 
 
 def detect(
@@ -143,7 +146,9 @@ def model_from_checkpoint(path, device: torch.device) -> tuple[OneStageDetector,
     """
     state = checkpoint.load(path)
     config = cfg.from_dict(state["config"], str(path))
+    if state["num_classes"] < 1:
+        raise UserError(f"{path}: not an atssrepro checkpoint (num_classes = {state['num_classes']})")
     untrained = dataclasses.replace(config.model.backbone, weights="")
     model = OneStageDetector(dataclasses.replace(config.model, backbone=untrained), state["num_classes"])
-    model.load_state_dict(state["model"])
+    checkpoint.restore(path, lambda: model.load_state_dict(state["model"]))
     return model.to(device), config

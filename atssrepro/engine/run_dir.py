@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from atssrepro import config as cfg
 from atssrepro.errors import UserError
-from atssrepro.fileio import write_json, write_text
+from atssrepro.fileio import make_dirs, write_json, write_text
 
 State = Literal["pending", "running", "done", "failed", "diverged", "interrupted"]
 
@@ -46,7 +47,7 @@ class RunDir:
                     f"{cfg.config_id(config)}); pick another --out or delete that folder"
                 )
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path)
         write_text(self.config_path, cfg.to_toml(config))
         self.set_state("pending", id=cfg.config_id(config), preset=preset)
 
@@ -58,7 +59,7 @@ class RunDir:
         process dies, so a killed run never leaves a stale lock behind, and unlike ``flock`` it is
         not inherited by forked DataLoader workers, which outlive a killed trainer by seconds.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path)
         with open(self.lock_path, "a") as handle:
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,9 +84,26 @@ class RunDir:
         return cfg.from_dict(cfg.load_toml(self.config_path), str(self.config_path))
 
     def info(self) -> dict[str, Any]:
+        """run.json ({} before the run starts); a corrupt one is a UserError naming it."""
         if not self.state_path.is_file():
             return {}
-        return json.loads(self.state_path.read_text())
+        problem = self.corruption()
+        if problem:
+            raise UserError(problem)
+        return json.loads(self.state_path.read_text(encoding="utf-8"))
+
+    def corruption(self) -> str | None:
+        """What is wrong with the first unreadable or malformed record of the run (run.json,
+        metrics.json, log.jsonl), or None. A killed run may leave half a last line in log.jsonl: that is fine."""
+        fix = f"delete {self.path} or train it again from scratch with --force"
+        for path, problem in (
+            (self.state_path, _json_object_problem(self.state_path, "state", str)),
+            (self.metrics_path, _json_object_problem(self.metrics_path, "stats", dict)),
+            (self.log_path, _log_problem(self.log_path)),
+        ):
+            if problem:
+                return f"{path} is corrupt ({problem}); {fix}"
+        return None
 
     def set_state(self, state: State, **fields: Any) -> None:
         """Record ``state`` and ``fields`` in run.json; a field given as None is removed."""
@@ -96,3 +114,56 @@ class RunDir:
     def append_log(self, record: dict[str, Any]) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _text(path: Path) -> str | None:
+    """The file's UTF-8 text, None when it does not exist; ValueError for binary content."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"binary content at byte {e.start}") from None
+    except OSError as e:
+        raise ValueError(e.strerror or type(e).__name__) from None
+
+
+def _json_object_problem(path: Path, key: str, kind: type) -> str | None:
+    """Why ``path`` is not a JSON object with ``key`` of type ``kind`` (None when fine or absent)."""
+    try:
+        text = _text(path)
+        if text is None:
+            return None
+        data = json.loads(text)
+    except ValueError as e:  # JSONDecodeError is one
+        return str(e).splitlines()[0] if str(e) else "not JSON"
+    if not isinstance(data, dict) or not isinstance(data.get(key), kind):
+        return f"not a JSON object with {key!r}"
+    return None
+
+
+def _log_problem(path: Path) -> str | None:
+    """Why log.jsonl is unreadable: binary, or a complete line that is not a JSON object."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _log_problem_of_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _log_problem_of_version(path: Path, mtime_ns: int, size: int) -> str | None:
+    """``_log_problem`` of one version of the file: status and report ask several times per run."""
+    try:
+        text = _text(path)
+    except ValueError as e:
+        return str(e)
+    lines = (text or "").splitlines()
+    for number, line in enumerate(lines[:-1] if not (text or "").endswith("\n") else lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return f"line {number} is not JSON"
+        if not isinstance(record, dict):
+            return f"line {number} is not a JSON object"
+    return None

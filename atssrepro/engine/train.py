@@ -198,7 +198,8 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         iteration=0,
     )
     if run.checkpoint_path.exists():
-        state.load_state_dict(checkpoint.load(run.checkpoint_path))
+        saved = checkpoint.load(run.checkpoint_path)
+        checkpoint.restore(run.checkpoint_path, lambda: state.load_state_dict(saved))
         console.print(f"resuming {run.path} from iteration {state.iteration}")
     if state.iteration >= t.iterations:
         return model

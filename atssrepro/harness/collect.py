@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from atssrepro.errors import warn
 from atssrepro.harness.plan import row_seeds, run_ids_by_row
 from atssrepro.harness.specs import TableSpec
-from atssrepro.harness.store import Store
+from atssrepro.harness.store import CORRUPT, Store
 
 COLUMNS = ["table", "row", "label", "preset", "seed", "run_id", "state", "metric", "reproduced", "published"]
 
@@ -52,6 +53,8 @@ def collect(
                 metrics = store.metrics(run_id, tta=row.tta)
                 stats = metrics["stats"] if metrics else {}
                 state = store.state(run_id)
+                if state == CORRUPT:
+                    warn(f"{store.corruption(run_id)}: shown as corrupt")
                 if row.tta and state == "done" and metrics is None:
                     state = "pending"  # trained, multi-scale evaluation still to do
                 for metric in spec.metrics:

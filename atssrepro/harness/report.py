@@ -20,10 +20,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -32,6 +31,9 @@ from rich.text import Text
 from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write
 from atssrepro.harness.specs import RowSpec, TableSpec
+
+if TYPE_CHECKING:  # imported on use: reports without --plots need no matplotlib
+    from matplotlib.figure import Figure
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
 REPRODUCED, MARGINAL = 0.3, 0.6  # |delta AP| thresholds in AP points (ATSS_IMPLEMENTATION.md §4.3)
@@ -63,7 +65,7 @@ MISSING = "—"
 DECIMALS = 3  # of the numbers in csv and json; the tables print one
 # A delta computed from one-decimal numbers is off by float noise (39.6 - 39.3 = 0.30000000000000426).
 _TOLERANCE = 1e-9
-_UNFINISHED = ("diverged", "failed", "interrupted", "running", "pending")  # most telling first
+_UNFINISHED = ("corrupt", "diverged", "failed", "interrupted", "running", "pending")  # most telling first
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -530,6 +532,8 @@ def _sweep_figure(spec: TableSpec, summary: pd.DataFrame, x_label: str) -> Figur
         x = [float(label) for label in labels]
     except ValueError:
         x = list(range(len(labels)))
+
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()

@@ -139,10 +139,12 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
     for required in ("title", "caption", "metrics", "rows"):
         if required not in data:
             raise UserError(f"{where}: missing {required!r}")
-    metrics = tuple(_typed(data["metrics"], list, f"{where}: metrics"))
+    metrics = _strings(data["metrics"], f"{where}: metrics")
     for metric in metrics:
         if metric not in COCO_STATS:
             raise UserError(f"{where}: metrics: {metric!r} is not a COCO metric (one of {', '.join(COCO_STATS)})")
+    if len(set(metrics)) != len(metrics):
+        raise UserError(f"{where}: metrics {list(metrics)} names a metric twice")
     base = _typed(data.get("base", {}), dict, f"{where}: base")
     _check_config(base, f"{where}: [base]")
 
@@ -168,8 +170,8 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
                 raise UserError(
                     f"{place}: published {metric!r} is not among the metrics this table reports ({', '.join(metrics)})"
                 )
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{place}: published {metric} = {value!r} must be a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                raise UserError(f"{place}: published {metric} = {value!r} must be a number in 0..100 (percent)")
         config = _typed(raw.get("config", {}), dict, f"{place}: config")
         if raw.get("reference_only") and (config or raw.get("tta") or raw.get("checkpoint")):
             raise UserError(f"{place}: a reference_only row has no config, tta or checkpoint: it is never run")
@@ -187,9 +189,12 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
             checkpoint=checkpoint,
             note=_typed(raw.get("note", ""), str, f"{place}: note"),
             section=_typed(raw.get("section", ""), str, f"{place}: section"),
-            info={k: str(v) for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()},
-            grid=tuple(_typed(raw.get("grid", ["", ""]), list, f"{place}: grid")),
-            checked=tuple(_typed(raw.get("checked", []), list, f"{place}: checked")),
+            info={
+                k: _typed(v, str, f"{place}: info.{k}")
+                for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()
+            },
+            grid=_strings(raw.get("grid", ["", ""]), f"{place}: grid", length=2),
+            checked=_strings(raw.get("checked", []), f"{place}: checked"),
         )
         rows.append(row)
 
@@ -200,15 +205,15 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
         metrics=metrics,
         rows=tuple(rows),
         base=base,
-        layout=data.get("layout", "rows"),
+        layout=_typed(data.get("layout", "rows"), str, f"{where}: layout"),
         status=_typed(data.get("status", ""), str, f"{where}: status"),
         note=_typed(data.get("note", ""), str, f"{where}: note"),
         split=_typed(data.get("split", "minival"), str, f"{where}: split"),
-        info_columns=tuple(_typed(data.get("info_columns", []), list, f"{where}: info_columns")),
-        grid_rows=tuple(_typed(data.get("grid_rows", []), list, f"{where}: grid_rows")),
-        grid_columns=tuple(_typed(data.get("grid_columns", []), list, f"{where}: grid_columns")),
+        info_columns=_strings(data.get("info_columns", []), f"{where}: info_columns"),
+        grid_rows=_strings(data.get("grid_rows", []), f"{where}: grid_rows"),
+        grid_columns=_strings(data.get("grid_columns", []), f"{where}: grid_columns"),
         grid_corner=_typed(data.get("grid_corner", ""), str, f"{where}: grid_corner"),
-        checks=tuple(_typed(data.get("checks", []), list, f"{where}: checks")),
+        checks=_strings(data.get("checks", []), f"{where}: checks"),
         source=path,
     )
     _check_layout(spec, where)
@@ -251,6 +256,15 @@ def _typed(value: Any, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise UserError(f"{where}: expected a {kind.__name__}, got {value!r}")
     return value
+
+
+def _strings(value: Any, where: str, length: int | None = None) -> tuple[str, ...]:
+    """A list of strings (of ``length`` items, when given)."""
+    items = _typed(value, list, where)
+    if not all(isinstance(item, str) for item in items) or (length is not None and len(items) != length):
+        count = f"{length} " if length is not None else ""
+        raise UserError(f"{where}: expected a list of {count}strings, got {value!r}")
+    return tuple(items)
 
 
 def _check_config(overrides: dict[str, Any], where: str) -> None:

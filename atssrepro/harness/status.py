@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from atssrepro.harness.plan import PlannedRun
-from atssrepro.harness.slurm import merged_state, slurm_states
 from atssrepro.harness.store import Store
 
 
@@ -34,7 +33,11 @@ class RunStatus:
 def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
     """The status of every run in ``runs``; one squeue (and sacct) call for all their jobs."""
     infos = {run.run_id: store.info(run.run_id) for run in runs}
-    jobs = slurm_states(info["slurm_job_id"] for info in infos.values() if "slurm_job_id" in info)
+    job_ids = [info["slurm_job_id"] for info in infos.values() if "slurm_job_id" in info]
+    if job_ids:  # the Slurm module loads torch: only for runs that went to Slurm
+        from atssrepro.harness.slurm import merged_state, slurm_states
+
+        jobs = slurm_states(job_ids)
     statuses = []
     for run in runs:
         info, log = infos[run.run_id], store.last_log(run.run_id)
@@ -45,7 +48,7 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
             iteration=log.get("iter"),
             iterations=run.config.train.iterations,
             loss=log.get("loss"),
-            message=info.get("message", ""),
+            message=store.corruption(run.run_id) or info.get("message", ""),
         )
         if "slurm_job_id" in info:
             status.slurm_job_id = info["slurm_job_id"]

@@ -39,7 +39,8 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or non-torch file
-            raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({e})") from None
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({reason})") from None
     else:
         try:
             enum = torchvision.models.get_weight(weights)
@@ -55,6 +56,8 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
                 f"could not download {weights} ({type(e).__name__}); on a machine with internet fetch {enum.url}, "
                 "copy it here and pass --set model.backbone.weights=/path/to/file.pth"
             ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"model.backbone.weights: {weights} holds a {type(state).__name__}, not a state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     problem = ""
     try:
