@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from atssrepro.errors import UserError
+from atssrepro.fileio import sha256
 from atssrepro.model import pretrained
 from atssrepro.model.detectron_pickle import official_backbone_state, official_key, read_blobs
 
@@ -146,7 +147,7 @@ def test_a_catalog_file_is_taken_from_the_cache_or_downloaded_atomically_into_it
     source.unlink()  # now cached: no download needed
     assert pretrained.locate("imagenet", "resnet50", "msra") == path
     record = pretrained.provenance("imagenet", "resnet50", "msra")
-    assert record == {"weights": "imagenet", "path": str(path.resolve()), "sha256": pretrained.sha256(path)}
+    assert record == {"weights": "imagenet", "path": str(path.resolve()), "sha256": sha256(path)}
     assert len(record["sha256"]) == 64
 
 
@@ -250,5 +251,5 @@ def test_a_run_records_the_weights_it_started_from(tmp_path, synth_coco):
     run = RunDir(tmp_path / "run")
     execute(config, run, "smoke", Console(quiet=True))
     record = run.info()["pretrained"]
-    assert record == {"weights": str(weights), "path": str(weights.resolve()), "sha256": pretrained.sha256(weights)}
+    assert record == {"weights": str(weights), "path": str(weights.resolve()), "sha256": sha256(weights)}
     assert run.info()["state"] == "done"

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 from atssrepro import config as cfg
 from atssrepro.engine import checkpoint as ckpt
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
+from atssrepro.fileio import sha256
 from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) -> Path:
@@ -49,5 +41,5 @@ def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) 
             "num_classes": model["head.cls_logits.bias"].shape[0] // per_location,
         },
     )
-    run.set_state("done", imported_from=str(checkpoint.resolve()), imported_sha256=_sha256(checkpoint))
+    run.set_state("done", imported_from=str(checkpoint.resolve()), imported_sha256=sha256(checkpoint))
     return run.path

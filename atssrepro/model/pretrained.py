@@ -18,7 +18,6 @@ for want of its weights after waiting in a queue; :func:`provenance` is what a r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.request
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atssrepro.errors import UserError
-from atssrepro.fileio import atomic_write
+from atssrepro.fileio import atomic_write, sha256
 
 CATALOG_URL = "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/"
 DOWNLOAD_TIMEOUT_S = 60
@@ -134,14 +133,6 @@ def _cached(url: str, target: Path, name: str, download: bool) -> Path:
         f"model.backbone.weights = {name!r}: {target} is missing and {problem}; on a machine with internet "
         f"fetch {url} and put it at {target}{elsewhere}"
     )
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provenance(weights: str, backbone: str, style: str) -> dict[str, str] | None:
