@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The main job on the embedded default: generate the synthetic COCO-format dataset, then train
-# and evaluate the smoke-sized ATSS detector on it (about 3 minutes on 2 CPU cores). Training is
+# and evaluate the smoke-sized ATSS detector on it (about 2 minutes on 2 CPU cores). Training is
 # deterministic for a given machine and CPU thread count; the thread count is fixed here so that
-# machines with more cores print the README's AP too (other counts round differently: README.md).
+# machines with more cores print the README's AP too (other counts round differently: README.md;
+# tests/test_demo.py pins the figure).
 DEMO_THREADS ?= 2
 demo: setup
 	$(VENV)/bin/atssrepro data synth --out data/synth

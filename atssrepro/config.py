@@ -233,7 +233,7 @@ class Config:
 
 # Presets change how much compute a run takes, never which experiment it is: `paper` is the
 # official recipe (the defaults); `smoke` trains and evaluates on 2 CPU cores in well under a minute;
-# `demo` trains the smoke model long enough to learn the embedded synthetic dataset (~3 minutes).
+# `demo` trains the smoke model long enough to learn the embedded synthetic dataset (~2 minutes).
 _SMOKE: dict[str, Any] = {
     "model": {
         # From scratch with no BatchNorm statistics to freeze, the torchvision style's unit-variance

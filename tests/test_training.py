@@ -1,4 +1,4 @@
-"""Training end to end: the CI smoke run, learning, kill-and-resume equality, divergence."""
+"""Training end to end: the CI smoke run, kill-and-resume equality, divergence (learning: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -31,27 +31,6 @@ def test_smoke_preset_on_tiny_coco(tiny_coco, tmp_path):
     # A finished run is not trained again: the same command only reports.
     again = atssrepro("train", "--preset", "smoke", "--data", str(tiny_coco), "--out", str(run), "--json")
     assert metrics_of(again) == metrics
-
-
-@pytest.mark.slow
-def test_learns_a_few_images(synth_coco, tmp_path):
-    """Trained and evaluated on the same 8 images, AP must be clearly above chance: assignment,
-    losses, box decoding and COCO export agree with each other."""
-    metrics = metrics_of(
-        atssrepro(
-            "train", "--preset", "smoke", "--data", str(synth_coco), "--out", str(tmp_path / "run"), "--json",
-            "--set", "data.val_ann=annotations/instances_train2017.json",
-            "--set", "data.val_images=train2017",
-            "--set", "data.train_short_side=[160, 160]",
-            "--set", "data.test_short_side=160",
-            "--set", "train.batch_size=4",
-            "--set", "train.warmup_iters=10",
-            "--set", "train.iterations=120",
-            "--set", "train.lr_steps=[100]",
-            "--set", "train.base_lr=0.04",
-        )
-    )  # fmt: skip
-    assert metrics["stats"]["AP"] > 0.2, metrics["stats"]  # 0.32 measured; an untrained model scores 0.0
 
 
 RESUME = [*TINY, "--set", "train.iterations=24", "--set", "train.checkpoint_every=6", "--set", "train.log_every=3"]
