@@ -635,6 +635,15 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], source: str) -> Config:
+    """A config atssrepro stored (a run folder's ``config.toml``, a checkpoint's), which holds every field.
+
+    One written before ``model.backbone.style`` existed was trained with torchvision's backbone, the
+    only one then: it is read as such, not as the newer default ``msra``.
+    """
+    model = data.get("model")
+    backbone = model.get("backbone") if isinstance(model, dict) else None
+    if isinstance(backbone, dict) and "style" not in backbone:
+        data = {**data, "model": {**model, "backbone": {**backbone, "style": "torchvision"}}}
     config = apply(Config(), data, source)
     check_consistency(config)
     return config

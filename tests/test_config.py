@@ -136,3 +136,11 @@ def test_rules_apply_to_a_config_read_back(tmp_path):
     bad["model"]["assign"]["topk"] = 0
     with pytest.raises(UserError, match="checkpoint.pt: model.assign.topk = 0"):
         cfg.from_dict(bad, "checkpoint.pt")
+
+
+def test_a_stored_config_from_before_the_backbone_style_reads_as_torchvision():
+    stored = cfg.to_dict(cfg.build_config(None, "smoke", [], None))
+    del stored["model"]["backbone"]["style"]
+    assert cfg.from_dict(stored, "old config.toml").model.backbone.style == "torchvision"
+    paper = cfg.to_dict(cfg.Config())
+    assert cfg.from_dict(paper, "config.toml").model.backbone.style == "msra"
