@@ -61,6 +61,11 @@ def test_other_presets_get_no_hours():
     assert "device-hours: given for --preset paper only" in result.stdout
 
 
+def test_evaluation_only_plans_get_no_hours():
+    assert throughput.cost_line(0, MEASURED.device, "paper") == "device-hours: none for training (evaluation only)"
+    assert "device-hours on" in throughput.cost_line(TABLE4_IMAGES, MEASURED.device, "paper")
+
+
 def test_the_local_gpu_is_found_with_nvidia_smi_and_without_torch(tmp_path):
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'NVIDIA H200'\necho 'NVIDIA H200'\n")

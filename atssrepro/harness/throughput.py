@@ -82,6 +82,8 @@ def cost_line(images: int, device: str, preset: str) -> str:
     row = lookup(device)
     if preset != "paper":
         return "device-hours: given for --preset paper only (the throughputs were measured at its image size)"
+    if images == 0:
+        return "device-hours: none for training (evaluation only)"
     if row is None:
         known = "; ".join(r.device for r in MEASURED) or "none"
         return (
