@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import submitit
 from rich.console import Console
 
 from atssrepro import config as cfg
@@ -232,3 +233,13 @@ def test_a_slurm_job_of_an_evaluation_only_run_imports_once_then_evaluates(tmp_p
     calls.clear()
     job._import_and_evaluate(run, Console(quiet=True))
     assert calls == [("eval", run.path, False)]
+
+
+def test_every_slurm_job_keeps_submitits_requeue_hook(tmp_path):
+    """submitit requeues a preempted job through its ``checkpoint`` method: no attribute may shadow it."""
+    from atssrepro.harness import slurm
+
+    for official in ("", str(tmp_path / "official.pth")):
+        job = slurm.TrainJob(str(tmp_path / "run"), "paper", False, str(tmp_path), official)
+        requeued = job.checkpoint()
+        assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function is job

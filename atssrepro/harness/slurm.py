@@ -112,13 +112,14 @@ class TrainJob(submitit.helpers.Checkpointable):
     A requeued job starts here again and resumes from the folder's checkpoint.
     """
 
-    def __init__(self, run_dir: str, preset: str, tta: bool, workdir: str, checkpoint: str = "") -> None:
+    def __init__(self, run_dir: str, preset: str, tta: bool, workdir: str, official_checkpoint: str = "") -> None:
         self.run_dir = run_dir
         self.preset = preset
         self.tta = tta
         self.workdir = workdir
         """The submitter's working directory: a relative ``data.root`` is relative to it."""
-        self.checkpoint = checkpoint
+        # Not named ``checkpoint``: that is submitit's requeue hook, the method below.
+        self.official_checkpoint = official_checkpoint
         """Evaluation only: the official checkpoint to import and evaluate instead of training."""
 
     def __call__(self) -> None:
@@ -141,7 +142,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         console = Console(stderr=True, force_terminal=False)
         requeue_signal = _RequeueSignal()
         try:
-            if self.checkpoint:
+            if self.official_checkpoint:
                 self._import_and_evaluate(run, console)
             else:
                 execute(run.read_config(), run, self.preset, console)
@@ -162,7 +163,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         distributed.init_from_env()
         if distributed.is_main() and not run.checkpoint_path.exists():
-            import_official_checkpoint(Path(self.checkpoint), run.read_config(), run.path)
+            import_official_checkpoint(Path(self.official_checkpoint), run.read_config(), run.path)
         distributed.barrier()
         if not run.metrics_path.exists():
             evaluate_run(run.path, console)
