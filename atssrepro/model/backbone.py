@@ -14,11 +14,12 @@ from torchvision.models.resnet import Bottleneck
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from atssrepro.config import BackboneConfig
+from atssrepro.config import BackboneConfig, ModelConfig
 from atssrepro.errors import UserError
 from atssrepro.model import pretrained
 from atssrepro.model.dcn import replace_with_dcn
 from atssrepro.model.detectron_pickle import official_backbone_state, read_blobs
+from atssrepro.model.official import BODY_PREFIX, convert_official_state_dict
 
 # Stages from the last to the first: trainable_stages = k leaves the first 5 - k frozen.
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -29,6 +30,18 @@ def weights_name(backbone: str, weights: str) -> str:
     return pretrained.resolve_name(weights, backbone, "torchvision")
 
 
+def _read_state_dict(path: Path) -> dict:
+    """A weights file read with ``weights_only=True``; a truncated, foreign or non-dict file is one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or non-torch file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({reason})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"model.backbone.weights: {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
 def load_weights(resnet: nn.Module, weights: str) -> None:
     """Load pretrained ImageNet weights into a torchvision ``resnet`` (or ResNeXt) from a file or a
     torchvision weights name such as ``ResNeXt101_32X8D_Weights.IMAGENET1K_V1``."""
@@ -36,11 +49,7 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
     if path.suffix in (".pth", ".pt") or path.exists():
         if not path.is_file():
             raise UserError(f"model.backbone.weights: file {path} not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or non-torch file
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({reason})") from None
+        state = _read_state_dict(path)
     else:
         try:
             enum = torchvision.models.get_weight(weights)
@@ -56,8 +65,6 @@ def load_weights(resnet: nn.Module, weights: str) -> None:
                 f"could not download {weights} ({type(e).__name__}); on a machine with internet fetch {enum.url}, "
                 "copy it here and pass --set model.backbone.weights=/path/to/file.pth"
             ) from None
-    if not isinstance(state, dict):
-        raise UserError(f"model.backbone.weights: {weights} holds a {type(state).__name__}, not a state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     problem = ""
     try:
@@ -92,8 +99,6 @@ def load_msra_weights(resnet: nn.Module, config: BackboneConfig) -> None:
 
     DCNv2 offset convs absent from the file keep their initialisation, as in the official loader.
     """
-    from atssrepro.model.official import BODY_PREFIX, convert_official_state_dict
-
     name = pretrained.resolve_name(config.weights, config.name, config.style)
     is_file = Path(name).suffix in (".pkl", ".pth", ".pt") or Path(name).exists()
     if name not in pretrained.CATALOG and not is_file:
@@ -107,14 +112,7 @@ def load_msra_weights(resnet: nn.Module, config: BackboneConfig) -> None:
         dcn_layers = [int(stage.removeprefix("layer")) for stage in dcn_stages(config)]
         state = official_backbone_state(read_blobs(path), dcn_layers)
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or non-torch file
-            raise UserError(f"model.backbone.weights: {path} is not a readable torch state dict ({e})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"model.backbone.weights: {path} holds a {type(state).__name__}, not a state dict")
-    from atssrepro.config import ModelConfig
-
+        state = _read_state_dict(path)
     converted = convert_official_state_dict(state, ModelConfig(backbone=config), backbone_only=True)
     resnet.load_state_dict({k.removeprefix(BODY_PREFIX): v for k, v in converted.items()}, strict=False)
 
