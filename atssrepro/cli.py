@@ -39,6 +39,8 @@ ConfigOption = typer.Option(None, "--config", "-c", help="A built-in config name
 PresetOption = typer.Option("paper", "--preset", "-p", help="paper (the official recipe) or smoke (CPU, ~1 min).")
 SetOption = typer.Option([], "--set", "-s", help="Override a field: --set model.assign.topk=7 (repeatable).")
 DataOption = typer.Option(None, "--data", "-d", help="Dataset root (annotations/, train2017/, val2017/).")
+# --preset, --seeds and --data make a row's run id: every command that names runs takes all three.
+SeedsOption = typer.Option(1, help="Seeds 0..N-1 per row.")
 JsonOption = typer.Option(False, "--json", help="Print the final metrics as one JSON object on stdout.")
 
 
@@ -129,6 +131,7 @@ def import_official(
     out: Path = typer.Option(..., "--out", "-o", help="The run folder to create."),
 ) -> None:
     """Import a checkpoint of the official ATSS code (sfzhang15/ATSS) as a run folder for ``atssrepro eval``."""
+    check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro.engine.official_import import import_official_checkpoint
 
@@ -238,7 +241,7 @@ def run(
     tables: list[str] = typer.Argument(..., help="Table names, e.g. table1 table3."),
     preset: str = PresetOption,
     rows: list[str] = typer.Option([], "--rows", help="Only these row ids (repeatable)."),
-    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
@@ -364,7 +367,7 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
 def list_tables(
     results: Path = ResultsOption,
     preset: str = PresetOption,
-    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
     """The tables, their rows and how many of their runs are done."""
@@ -384,7 +387,7 @@ def list_tables(
 def show(
     table_name: str = typer.Argument(..., metavar="TABLE"),
     preset: str = PresetOption,
-    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
     """A table's rows: their config fields (as --set takes them), run ids and published numbers."""
@@ -411,7 +414,7 @@ def show(
 def status(
     tables: list[str] | None = TablesArgument,
     preset: str = PresetOption,
-    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
@@ -447,7 +450,7 @@ def status(
 def cancel(
     targets: list[str] = typer.Argument(..., metavar="TABLE|RUN...", help="Table names or run ids."),
     preset: str = PresetOption,
-    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
 ) -> None:
@@ -485,7 +488,7 @@ def report(
     tables: list[str] | None = TablesArgument,
     fmt: str = typer.Option("terminal", "--format", "-f", help="terminal, markdown, csv, latex, html or json."),
     preset: str = PresetOption,
-    seeds: int = typer.Option(1, help="Seeds 0..N-1 per row."),
+    seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report to this file."),
