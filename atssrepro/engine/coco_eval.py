@@ -131,22 +131,19 @@ def _check_ids(ground_truth: Any, detections: list[dict], image_ids: Sequence[in
     for image_id in image_ids or ():
         if image_id not in ground_truth.imgs:
             raise UserError(f"image_ids contains {image_id}, which is not an image of the annotations")
-    unknown_images = [i for i, d in enumerate(detections) if d["image_id"] not in ground_truth.imgs]
-    if unknown_images:
-        first = unknown_images[0]
-        raise UserError(
-            f"detection {first} has image_id {detections[first]['image_id']}, which is not an image of the "
-            f"annotations ({len(unknown_images)} detections like this); "
-            "evaluate against the annotation file the detections were made for"
-        )
-    unknown_categories = [i for i, d in enumerate(detections) if d["category_id"] not in ground_truth.cats]
-    if unknown_categories:
-        first = unknown_categories[0]
-        raise UserError(
-            f"detection {first} has category_id {detections[first]['category_id']}, which is not a category of "
-            f"the annotations ({len(unknown_categories)} detections like this); "
-            "detections must use the dataset's category ids, not contiguous class indices"
-        )
+    for key, known, what, advice in (
+        ("image_id", ground_truth.imgs, "an image",
+         "evaluate against the annotation file the detections were made for"),
+        ("category_id", ground_truth.cats, "a category",
+         "detections must use the dataset's category ids, not contiguous class indices"),
+    ):  # fmt: skip
+        unknown = [i for i, d in enumerate(detections) if d[key] not in known]
+        if unknown:
+            first = unknown[0]
+            raise UserError(
+                f"detection {first} has {key} {detections[first][key]}, which is not {what} of the annotations "
+                f"({len(unknown)} detections like this); {advice}"
+            )
 
 
 def _results_coco(ground_truth: Any, detections: list[dict], coco_class: type) -> Any:
