@@ -6,7 +6,7 @@ VENV ?= .venv
 PIP_ISOLATION ?= env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 PIP = $(PIP_ISOLATION) $(VENV)/bin/python -m pip
 
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test lint benchmark
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# ruff, pinned in the dev extra: the lint rules and the format of pyproject.toml's [tool.ruff].
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 benchmark: setup
 	$(VENV)/bin/python benchmarks/train_step.py
