@@ -357,7 +357,7 @@ def step_training(ctx: Context, record: dict, budget: float) -> None:
     s = ctx.sizes
     root = ctx.synthetic_dataset()
     overrides = {
-        "model": cfg.PRESETS["demo"]["model"],
+        "model": cfg.DEMO.overrides["model"],
         **s.train_overrides,
         "data": {**s.train_overrides["data"], "root": str(root)},
     }

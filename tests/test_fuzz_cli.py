@@ -195,7 +195,7 @@ def bad_values_of(key: str) -> list[str]:
         values += ["'no_such_choice'", "0"]
     if origin is tuple:
         values += ["[]", "'x'", "[nan]"]
-    rule = cfg.RULES[key]
+    rule = cfg.rule_of(key)
     if rule is not cfg.ANY and not isinstance(default, (str, tuple)):
         values += [v for v in ("-1", "-0.5", "1e9", "100000", "0") if _refused(key, v)]
     return values
@@ -307,12 +307,12 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
     # table specs, read through run --dry-run and show
     good = {"title": "Table 9", "caption": "c", "metrics": ["AP"], "rows": [{"id": "a", "label": "A"}]}
     specs = {
-        "published AP = nan": "published = { AP = nan }",
-        "published AP = 250": "published = { AP = 250 }",
-        "published AP = inf": "published = { AP = inf }",
-        "published AP = -1": "published = { AP = -1 }",
+        "published.AP = nan": "published = { AP = nan }",
+        "published.AP = 250": "published = { AP = 250 }",
+        "published.AP = inf": "published = { AP = inf }",
+        "published.AP = -1": "published = { AP = -1 }",
         "published 'AP50' is not among": "published = { AP50 = 30 }",
-        "published AP = '38'": "published = { AP = '38' }",
+        "published.AP = '38'": "published = { AP = '38' }",
         "model.assign.topk = 0": "config = { model = { assign = { topk = 0 } } }",
         "train.base_lr = -0.01": "config = { train = { base_lr = -0.01 } }",
         "info.Data": "info = { Data = 3 }",
