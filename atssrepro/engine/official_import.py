@@ -8,6 +8,7 @@ from pathlib import Path
 from atssrepro import config as cfg
 from atssrepro.engine import checkpoint as ckpt
 from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.fileio import sha256
 from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
@@ -41,5 +42,5 @@ def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) 
             "num_classes": model["head.cls_logits.bias"].shape[0] // per_location,
         },
     )
-    run.set_state("done", imported_from=str(checkpoint.resolve()), imported_sha256=sha256(checkpoint))
+    run.set_state(RunState.DONE, imported_from=str(checkpoint.resolve()), imported_sha256=sha256(checkpoint))
     return run.path

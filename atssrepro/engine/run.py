@@ -18,7 +18,8 @@ from atssrepro.data.coco import CocoDetection
 from atssrepro.engine import checkpoint
 from atssrepro.engine.coco_eval import CocoMetrics
 from atssrepro.engine.evaluate import evaluate, predict, val_dataset
-from atssrepro.engine.run_dir import RunDir, State
+from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.run_state import RunState
 from atssrepro.engine.train import Diverged, train
 from atssrepro.engine.tta import TTAConfig, predict_tta
 from atssrepro.errors import UserError, one_line
@@ -50,31 +51,31 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     with run.lock() if distributed.is_main() else contextlib.nullcontext():
         # A resumed run drops the reason its previous start stopped for.
         _record(
-            run, "running", started=time.time(), world_size=distributed.world_size(), device=str(device),
+            run, RunState.RUNNING, started=time.time(), world_size=distributed.world_size(), device=str(device),
             threads=torch.get_num_threads(), message=None, traceback=None, **weights,
         )  # fmt: skip
         try:
             model = train(config, run, device, console)
             metrics = evaluate_model(model, config, device, console, run)
         except Diverged as e:
-            _record(run, "diverged", message=str(e))
+            _record(run, RunState.DIVERGED, message=str(e))
             raise UserError(f"run {run.path} diverged: {e}") from None
         except UserError as e:
-            _record(run, "failed", message=one_line(e))
+            _record(run, RunState.FAILED, message=one_line(e))
             raise
         except KeyboardInterrupt as e:
             # Ctrl-C, or SIGTERM in training (which then checkpointed its last iteration): resumable.
-            _record(run, "interrupted", message=str(e) or "interrupted")
+            _record(run, RunState.INTERRUPTED, message=str(e) or "interrupted")
             raise
         except BaseException as e:
             # Crashes leave the folder resumable too; record why it stopped.
-            _record(run, "failed", message=one_line(e), traceback=traceback.format_exc(limit=5))
+            _record(run, RunState.FAILED, message=one_line(e), traceback=traceback.format_exc(limit=5))
             raise
-        _record(run, "done", finished=time.time())
+        _record(run, RunState.DONE, finished=time.time())
     return metrics
 
 
-def _record(run: RunDir, state: State, **fields) -> None:
+def _record(run: RunDir, state: RunState, **fields) -> None:
     """Only the main process writes the run's state."""
     if distributed.is_main():
         run.set_state(state, **fields)
