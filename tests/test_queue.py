@@ -18,15 +18,17 @@ from rich.console import Console
 
 from atssrepro import config as cfg
 from atssrepro.engine import checkpoint
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness import executors
 from atssrepro.harness.executors import QueueExecutor, Slot, local_devices, make_slots
 from atssrepro.harness.plan import PlannedRun
-from atssrepro.harness.store import NOT_RUN, Store
+from atssrepro.harness.runner import Job
+from atssrepro.harness.store import Store
 
 from cli import TINY, atssrepro
 
-# Stands in for `atssrepro train`: notes when it starts and ends, on which devices and through
+# Stands in for the worker process of a run: notes when it starts and ends, on which devices and through
 # which launcher; sleeps; fails when its run id says so; exits 130 on Ctrl-C.
 STUB = """
 import json, os, sys, time
@@ -53,15 +55,15 @@ if "fail" in run_id:
 
 
 class Stub:
-    """The executors' training command, replaced by :data:`STUB` sleeping ``seconds``."""
+    """The executors' worker command, replaced by :data:`STUB` sleeping ``seconds``."""
 
     def __init__(self, folder: Path) -> None:
         self.script, self.path = folder / "stub.py", folder / "events.jsonl"
         self.script.write_text(STUB)
         self.seconds = 1.0
 
-    def command(self, run_dir: str, launcher: Sequence[str]) -> list[str]:
-        return [sys.executable, str(self.script), run_dir, str(self.path), str(self.seconds), " ".join(launcher)]
+    def command(self, job: Job, outcome_file: Path, launcher: Sequence[str]) -> list[str]:
+        return [sys.executable, str(self.script), job.run_dir, str(self.path), str(self.seconds), " ".join(launcher)]
 
     def events(self) -> list[dict]:
         """What the stubs noted so far: run, event (start, end or interrupted), time, visible, launcher."""
@@ -72,14 +74,14 @@ class Stub:
 @pytest.fixture
 def stub(tmp_path, monkeypatch) -> Stub:
     stub = Stub(tmp_path)
-    monkeypatch.setattr(executors, "train_command", stub.command)
+    monkeypatch.setattr(executors, "worker_command", stub.command)
     return stub
 
 
 def planned(*run_ids: str) -> list[PlannedRun]:
     # From scratch: the queue looks for the pretrained weights of runs that start training.
     config = cfg.apply(cfg.Config(), {"model": {"backbone": {"weights": ""}}}, "test")
-    return [PlannedRun(run_id, config, "smoke", 0) for run_id in run_ids]
+    return [PlannedRun(run_id, config, cfg.SMOKE, 0) for run_id in run_ids]
 
 
 def intervals(recorded: list[dict]) -> dict[str, tuple[float, float]]:
@@ -186,7 +188,7 @@ def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, runn
     events = sorted((e["run"], e["event"]) for e in stub.events())
     assert events == sorted((r.run_id, e) for r in runs[:running] for e in ("start", "interrupted"))
     states = [store.state(r.run_id) for r in runs]
-    assert "done" not in states and states[running:] == [NOT_RUN] * (len(runs) - running)
+    assert "done" not in states and states[running:] == [RunState.NOT_RUN] * (len(runs) - running)
 
 
 @pytest.mark.slow
