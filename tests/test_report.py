@@ -74,7 +74,7 @@ def sweep_spec(name: str, labels: list[str], published: list[float]) -> TableSpe
     rows = [
         {"id": f"r{i}", "label": label, "published": {"AP": ap}} for i, (label, ap) in enumerate(zip(labels, published))
     ]
-    return make_spec(name, rows=rows)
+    return make_spec(name, rows=rows, sweep_axis=f"the value swept in {name}")
 
 
 def frame_lines(
