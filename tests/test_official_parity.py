@@ -22,7 +22,7 @@ from atssrepro.model.anchors import grid_anchors
 from atssrepro.model.box_coder import DeltaCoder, PointCoder
 from atssrepro.model.detector import OneStageDetector
 from atssrepro.model.losses import detection_losses
-from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
+from atssrepro.model.official_checkpoint import convert_official_state_dict, read_official_checkpoint
 from atssrepro.model.postprocess import postprocess
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "official_ref"

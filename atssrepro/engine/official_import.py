@@ -11,7 +11,7 @@ from atssrepro.engine.run_dir import RunDir
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.fileio import sha256
-from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
+from atssrepro.model.official_checkpoint import convert_official_state_dict, read_official_checkpoint
 
 
 def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) -> Path:
