@@ -74,6 +74,9 @@ GOOD = {
         (lambda d: d["rows"][0].update(grid=["a"]), "grid = ['a'] is not valid; expected a list of 2 strings"),
         (lambda d: d.update(info_columns="Data"), "info_columns = 'Data' is not valid; expected a list"),
         (lambda d: d.update(layout=3), "layout = 3 is not valid; expected one of 'rows', 'grid', 'checklist'"),
+        (lambda d: d.update(status="CONFIRMED (S1 + S2)", sources={"S1": "arXiv"}), "status cites source S2"),
+        (lambda d: d["rows"][0].update(note="S3 only"), "row 'a': note cites source S3, which [sources] does not"),
+        (lambda d: d.update(sources={"arxiv": "the text"}), "sources: key 'arxiv' must be S and a number"),
     ],
 )
 def test_spec_errors_name_the_file_and_the_place(change, message):

@@ -166,6 +166,31 @@ def test_slots(monkeypatch):
             make_slots(devices, gpus_per_run)
 
 
+HOLD_LOCK = """
+import sys, time
+from atssrepro.engine.run_dir import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_that_another_process_trains_is_busy_and_left_as_it_is(tmp_path):
+    """The worker finds the run's lock held (RunBusy) and says so in its outcome record: no stub here."""
+    store = Store(tmp_path / "results")
+    (run,) = planned("held")
+    store.run("held").init(run.config, "smoke")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.run("held").path)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        (outcome,) = QueueExecutor(Console(file=io.StringIO()), ["cpu"]).execute([run], store)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert outcome.state is RunState.BUSY and "is being trained by another process" in outcome.message
+    assert store.info("held")["state"] == "pending"  # nothing recorded over the other process's run
+
+
 @pytest.mark.parametrize("running", [1, 2])
 def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, running):
     stub.seconds = 60

@@ -13,6 +13,7 @@ from atssrepro.config.layers import (
     parse_override,
     resolve_config_source,
     to_toml,
+    with_data_root,
 )
 from atssrepro.config.presets import DEMO, PAPER, PRESETS, SMOKE, Preset, as_preset, preset_named
 from atssrepro.config.sections import (
@@ -41,5 +42,5 @@ __all__ = [
     "LossConfig", "ModelConfig", "Preset", "TrainConfig", "apply", "as_preset", "batch_split_problem",
     "build_config", "builtin_configs", "check_consistency", "config_fields", "config_file", "config_id",
     "data_path", "from_dict", "load_toml", "load_toml_text", "parse_override", "preset_named",
-    "resolve_config_source", "rule_of", "to_dict", "to_toml",
+    "resolve_config_source", "rule_of", "to_dict", "to_toml", "with_data_root",
 ]  # fmt: skip

@@ -112,10 +112,17 @@ def build_config(
     config = Config()
     for layer in layers:
         config = apply(config, layer.values, layer.source)
-    if data_root is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data_root))
+    config = with_data_root(config, data_root)
     check_consistency(config)
     return config
+
+
+def with_data_root(config: Config, data_root: str | None) -> Config:
+    """The last layer, ``--data``: ``data.root`` as given (None keeps the config's). ``eval`` of a
+    stored run applies it on its own too."""
+    if data_root is None:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, root=data_root))
 
 
 def from_dict(data: dict[str, Any], source: str) -> Config:

@@ -132,8 +132,7 @@ def evaluate_run(
     run = RunDir(target, tta=tta) if target.is_dir() else None
     device = distributed.init_from_env()
     model, config = model_from_checkpoint(run.checkpoint_path if run else target, device)
-    if data is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
+    config = cfg.with_data_root(config, data)
     evaluation = dataclasses.replace(config.eval, backend=backend or config.eval.backend, tta=tta)
     config = dataclasses.replace(config, eval=evaluation)
     return evaluate_model(model, config, device, console, run if data is None else None)
