@@ -30,8 +30,18 @@ class IdOmitted:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The (dataclass) config as nested plain data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """The (dataclass) config as nested plain data (tuples become lists), as TOML and JSON hold it."""
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def id_data(config: Any) -> dict[str, Any]:
