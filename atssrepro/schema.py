@@ -14,7 +14,9 @@ one :class:`UserError` line naming the source, the key, the value and the rule o
     config.toml: unknown config key 'model.asign'; did you mean 'model.assign'? (keys here: model.backbone, ...)
 
 NaN is never a valid number, nor is inf unless the field's rule allows it. Annotations may hold
-other markers beside a :class:`Rule` (``config/ids.py`` has one); they are not this module's.
+other markers beside a :class:`Rule` (``config/ids.py`` has two); they are not this module's.
+Annotations are evaluated in the class's namespace: a rule whose check names a module-level name
+(``ID_PATTERN``) is defined as a module constant and the annotation names it.
 """
 
 from __future__ import annotations
