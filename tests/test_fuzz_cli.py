@@ -20,6 +20,7 @@ import tomli_w
 
 from atssrepro import cli
 from atssrepro import config as cfg
+from atssrepro.schema import ANY
 
 
 @dataclass
@@ -196,7 +197,7 @@ def bad_values_of(key: str) -> list[str]:
     if origin is tuple:
         values += ["[]", "'x'", "[nan]"]
     rule = cfg.rule_of(key)
-    if rule is not cfg.ANY and not isinstance(default, (str, tuple)):
+    if rule is not ANY and not isinstance(default, (str, tuple)):
         values += [v for v in ("-1", "-0.5", "1e9", "100000", "0") if _refused(key, v)]
     return values
 
