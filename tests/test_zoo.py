@@ -243,3 +243,22 @@ def test_every_slurm_job_keeps_submitits_requeue_hook(tmp_path):
         job = TrainJob(Job(str(tmp_path / "run"), "paper", False, official), str(tmp_path))
         requeued = job.checkpoint()
         assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function is job
+
+
+def test_an_evaluation_only_run_whose_import_fails_is_recorded_as_failed(tmp_path, monkeypatch):
+    """Training records its own failures; an import or evaluation that fails is recorded by the runner."""
+    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.engine.run_state import RunState
+    from atssrepro.errors import UserError
+    from atssrepro.harness import runner
+
+    def refuse(checkpoint, config, out):
+        raise UserError(f"{checkpoint}: not a readable torch checkpoint")
+
+    monkeypatch.setattr(runner, "import_official_checkpoint", refuse)
+    run = RunDir(tmp_path / "run")
+    run.init(cfg.Config(), "paper")
+    job = runner.Job(str(run.path), "paper", official_checkpoint=str(tmp_path / "broken.pth"))
+    outcome = runner.execute_job(job, Console(quiet=True))
+    assert outcome.state is RunState.FAILED and "broken.pth: not a readable torch checkpoint" in outcome.message
+    assert run.info()["state"] == "failed" and run.info()["message"] == outcome.message

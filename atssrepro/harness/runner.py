@@ -51,8 +51,9 @@ def execute_job(job: Job, console: Console) -> Outcome:
     """Execute ``job`` in this process (every process of a DDP run calls it).
 
     Bad input, a diverged run and a busy run come back as the outcome, the run folder recording
-    them; KeyboardInterrupt (Ctrl-C, a stop signal) and crashes propagate, the folder recording
-    them too (interrupted, failed) and staying resumable.
+    the first two (failed, diverged; a busy run's folder belongs to the process training it);
+    KeyboardInterrupt (Ctrl-C, a stop signal) and crashes propagate, the folder recording them too
+    (interrupted, failed) and staying resumable.
     """
     run = RunDir(job.run_dir)
     try:
@@ -65,9 +66,13 @@ def execute_job(job: Job, console: Console) -> Outcome:
     except RunBusy as e:
         return Outcome(run.path.name, RunState.BUSY, str(e))
     except UserError as e:
-        recorded = run.info().get("state") if not run.corruption() else None
-        state = RunState(recorded) if recorded in (RunState.DIVERGED, RunState.FAILED) else RunState.FAILED
-        return Outcome(run.path.name, state, one_line(e))
+        message = one_line(e)
+        recorded = None if run.corruption() else run.info().get("state")
+        if recorded in (RunState.DIVERGED, RunState.FAILED):  # training recorded why it stopped
+            return Outcome(run.path.name, RunState(recorded), message)
+        if recorded is not None and distributed.is_main():  # an import or an evaluation failed
+            run.set_state(RunState.FAILED, message=message)
+        return Outcome(run.path.name, RunState.FAILED, message)
     return Outcome(run.path.name, RunState.DONE)
 
 
