@@ -39,4 +39,4 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:
-        assert fragment in lines[0]
+        assert fragment in lines[0], (fragment, lines[0])

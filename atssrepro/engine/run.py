@@ -24,6 +24,7 @@ from atssrepro.engine.tta import TTAConfig, predict_tta
 from atssrepro.errors import UserError, one_line
 from atssrepro.fileio import write_json
 from atssrepro.model import pretrained
+from atssrepro.model.anchors import anchors_per_location
 from atssrepro.model.detector import OneStageDetector
 
 
@@ -138,17 +139,29 @@ def evaluate_run(
     return evaluate_model(model, config, device, console, run if data is None else None)
 
 
-def model_from_checkpoint(path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:
-    """The trained model and the config it was trained with, from a checkpoint file.
+def model_from_checkpoint(path: Path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:
+    """The trained model and the config it was trained with, from a checkpoint file."""
+    return trained_model(checkpoint.load(path), path, device)
+
+
+def trained_model(state: dict, path: Path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:
+    """The model of the checkpoint ``state`` read from ``path`` and the config it was trained with.
 
     The model is built without its pretrained weights, which the checkpoint replaces: evaluating
-    never needs (or downloads) the ImageNet file.
+    never needs (or downloads) the ImageNet file. A class count that its classification layer does
+    not fit is refused before the model is built (a huge one would not fit in memory).
     """
-    state = checkpoint.load(path)
     config = cfg.from_dict(state["config"], str(path))
-    if state["num_classes"] < 1:
-        raise UserError(f"{path}: not an atssrepro checkpoint (num_classes = {state['num_classes']})")
+    num_classes = state["num_classes"]
+    logits = state["model"].get("head.cls_logits.bias")
+    expected = num_classes * anchors_per_location(config.model.anchors)
+    if num_classes < 1 or not isinstance(logits, torch.Tensor) or logits.shape != (expected,):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+        raise UserError(
+            f"{path}: not an atssrepro checkpoint of its config: num_classes = {num_classes} needs "
+            f"head.cls_logits.bias of shape ({expected},), it holds {shape}; pass the run's own checkpoint"
+        )
     untrained = dataclasses.replace(config.model.backbone, weights="")
-    model = OneStageDetector(dataclasses.replace(config.model, backbone=untrained), state["num_classes"])
+    model = OneStageDetector(dataclasses.replace(config.model, backbone=untrained), num_classes)
     checkpoint.restore(path, lambda: model.load_state_dict(state["model"]))
     return model.to(device), config
