@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import re
 import time
 import traceback
 from pathlib import Path
@@ -56,7 +58,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
         )  # fmt: skip
         try:
             model = train(config, run, device, console)
-            metrics = evaluate_model(model, config, device, console, run)
+            metrics = evaluate_model(model, config, device, console, EvaluationFiles.of(run))
         except Diverged as e:
             _record(run, "diverged", message=str(e))
             raise UserError(f"run {run.path} diverged: {e}") from None
@@ -82,9 +84,13 @@ def _record(run: RunDir, state: State, **fields) -> None:
 
 
 def evaluate_model(
-    model: OneStageDetector, config: cfg.Config, device: torch.device, console: Console, run: RunDir | None = None
+    model: OneStageDetector,
+    config: cfg.Config,
+    device: torch.device,
+    console: Console,
+    files: EvaluationFiles | None = None,
 ) -> dict:
-    """Detect on the validation split and score it; write detections.json and metrics.json into ``run``.
+    """Detect on the validation split and score it; write the detections and metrics to ``files``.
 
     Returns the metrics on the main process and ``{}`` on the others.
     """
@@ -94,9 +100,9 @@ def evaluate_model(
         return {}
     result: CocoMetrics = evaluate(detections, dataset, config)
     metrics = {**result.to_json(), "eval_batch_size": config.eval.batch_size, "world_size": distributed.world_size()}
-    if run is not None:
-        write_json(run.detections_path, detections, indent=None)
-        write_json(run.metrics_path, metrics)
+    if files is not None:
+        write_json(files.detections, detections, indent=None)
+        write_json(files.metrics, metrics)
     return metrics
 
 
@@ -116,6 +122,29 @@ def detect(
     return predict(model, dataset, config, device, console)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationFiles:
+    """Where an evaluation writes its COCO results and its metrics."""
+
+    detections: Path
+    metrics: Path
+
+    @staticmethod
+    def of(run: RunDir, tag: str = "") -> EvaluationFiles:
+        """The run's own files (``detections[_tta].json``, ``metrics[_tta].json``), or with ``tag``
+        the files beside them that say what else was evaluated (``metrics.<tag>.json``)."""
+        name = (lambda path: path.with_name(f"{path.stem}.{tag}.json")) if tag else (lambda path: path)
+        return EvaluationFiles(name(run.detections_path), name(run.metrics_path))
+
+
+def data_tag(root: str) -> str:
+    """A name for the dataset at ``root`` in file names: its folder's name and a short hash of its
+    absolute path (``tiny_coco-1f2e3d4c``), the same however the path is spelled."""
+    path = Path(root).resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._") or "data"
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
 def evaluate_run(
     target: Path,
     console: Console,
@@ -123,20 +152,39 @@ def evaluate_run(
     backend: str | None = None,
     tta: bool = False,
 ) -> dict:
-    """Evaluate a run folder or a checkpoint file (``atssrepro eval``).
+    """Evaluate a run folder or a checkpoint file (``atssrepro eval``); says in one line where the
+    detections and metrics went.
 
-    A run folder evaluated on its own data keeps the detections and metrics (``*_tta.json`` with
-    ``tta``); on other data, or for a lone checkpoint, they are only returned. Returns ``{}`` on
-    the non-main processes of a DDP evaluation.
+    A finished run folder evaluated on its own data (``data`` None or the same folder, however
+    spelled) keeps them as its own ``detections.json`` and ``metrics.json`` (``*_tta.json`` with
+    ``tta``). On other data they go beside those, named after the data (:func:`data_tag`); the
+    checkpoint of an unfinished run also names its iteration (``metrics.iter200.json``), so that
+    the run still trains to its end. For a lone checkpoint they are only returned. Returns ``{}``
+    on the non-main processes of a DDP evaluation.
     """
     run = RunDir(target, tta=tta) if target.is_dir() else None
     device = distributed.init_from_env()
-    model, config = model_from_checkpoint(run.checkpoint_path if run else target, device)
-    if data is not None:
+    path = run.checkpoint_path if run else target
+    state = checkpoint.load(path)
+    model, config = trained_model(state, path, device)
+    tags = []
+    if data is not None and Path(data).resolve() != Path(config.data.root).resolve():
+        tags.append(data_tag(data))
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data))
+    if state["iteration"] < config.train.iterations:
+        tags.append(f"iter{state['iteration']}")
     evaluation = dataclasses.replace(config.eval, backend=backend or config.eval.backend, tta=tta)
     config = dataclasses.replace(config, eval=evaluation)
-    return evaluate_model(model, config, device, console, run if data is None else None)
+    files = EvaluationFiles.of(run, ".".join(tags)) if run else None
+    metrics = evaluate_model(model, config, device, console, files)
+    if metrics:
+        where = (
+            f"wrote {files.metrics} and {files.detections}"
+            if files
+            else f"{target} is a checkpoint file, not a run folder: nothing written"
+        )
+        console.print(where, highlight=False, markup=False, soft_wrap=True)
+    return metrics
 
 
 def model_from_checkpoint(path: Path, device: torch.device) -> tuple[OneStageDetector, cfg.Config]:
