@@ -19,6 +19,7 @@ from atssrepro import distributed
 from atssrepro.data.coco import CocoDetection
 from atssrepro.engine import checkpoint
 from atssrepro.engine.coco_eval import CocoMetrics
+from atssrepro.engine.curves import Curves
 from atssrepro.engine.evaluate import evaluate, predict, val_dataset
 from atssrepro.engine.run_dir import RunDir, State
 from atssrepro.engine.train import Diverged, train
@@ -57,8 +58,11 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             threads=torch.get_num_threads(), message=None, traceback=None, **weights,
         )  # fmt: skip
         try:
-            model = train(config, run, device, console)
-            metrics = evaluate_model(model, config, device, console, EvaluationFiles.of(run))
+            with Curves(run.path) as curves:
+                model = train(config, run, device, console, curves)
+                metrics = evaluate_model(model, config, device, console, EvaluationFiles.of(run))
+                if metrics:
+                    curves.metrics(metrics, config.train.iterations)
         except Diverged as e:
             _record(run, "diverged", message=str(e))
             raise UserError(f"run {run.path} diverged: {e}") from None
