@@ -12,7 +12,7 @@ import pytest
 from atssrepro.engine.run import EvaluationFiles, data_tag
 from atssrepro.engine.run_dir import RunDir
 
-from cli import TINY, atssrepro, metrics_of
+from cli import TINY, assert_one_line_error, atssrepro, metrics_of
 
 FAULTS = Path(__file__).parent / "faults"
 SHORT = [*TINY, "--set", "train.iterations=4", "--set", "train.checkpoint_every=2", "--set", "train.lr_steps=[3]"]
@@ -62,6 +62,16 @@ def test_eval_with_data_saves_into_the_run_or_beside_it(synth_coco: Path, tmp_pa
     # A lone checkpoint has no run folder: nothing is written, and the line says so.
     result = atssrepro("eval", str(run / "checkpoint.pt"), "--data", str(other))
     assert wrote(result) == f"{run / 'checkpoint.pt'} is a checkpoint file, not a run folder: nothing written"
+
+    # Data with other categories: the model's classes cannot be named by its ids.
+    dropped = dataset["categories"][-1]["id"]
+    categories = dataset["categories"][:-1]
+    annotations = [a for a in annotations if a["category_id"] != dropped]
+    val.write_text(json.dumps({**dataset, "images": images, "annotations": annotations, "categories": categories}))
+    message = f"{val} has 5 categories, the model was trained on 6"
+    assert_one_line_error(atssrepro("eval", str(run), "--data", str(other), check=False), message)
+    predict = ["predict", str(run), "--images", str(other / "val2017"), "--info", str(val), "--out", str(tmp_path)]
+    assert_one_line_error(atssrepro(*predict, check=False), message)
 
 
 @pytest.mark.slow

@@ -120,7 +120,15 @@ def read_metrics(run: RunDir) -> dict:
 def detect(
     model: OneStageDetector, dataset: CocoDetection, config: cfg.Config, device: torch.device, console: Console
 ) -> list[dict]:
-    """COCO results for every image of ``dataset``: single scale, or multi-scale when ``eval.tta``."""
+    """COCO results for every image of ``dataset``: single scale, or multi-scale when ``eval.tta``.
+
+    The model's classes are the dataset's categories in id order: a dataset with another number of
+    them is refused (its ids could not name the model's classes)."""
+    if dataset.num_classes != model.num_classes:
+        raise UserError(
+            f"{dataset.ann_file} has {dataset.num_classes} categories, the model was trained on "
+            f"{model.num_classes}; use data with the categories the model was trained on"
+        )
     if config.eval.tta:
         return predict_tta(model, dataset, config, TTAConfig(), device, console)
     return predict(model, dataset, config, device, console)
