@@ -218,8 +218,9 @@ def trained_model(state: dict, path: Path, device: torch.device) -> tuple[OneSta
     if num_classes < 1 or not isinstance(logits, torch.Tensor) or logits.shape != (expected,):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
         raise UserError(
-            f"{path}: not an atssrepro checkpoint of its config: num_classes = {num_classes} needs "
-            f"head.cls_logits.bias of shape ({expected},), it holds {shape}; pass the run's own checkpoint"
+            f"{path}: its weights do not fit this model (num_classes = {num_classes} needs head.cls_logits.bias "
+            f"of shape ({expected},), it holds {shape}); it was saved by another config or another version: "
+            "delete it or pass the matching checkpoint"
         )
     untrained = dataclasses.replace(config.model.backbone, weights="")
     model = OneStageDetector(dataclasses.replace(config.model, backbone=untrained), num_classes)
