@@ -66,8 +66,9 @@ def eval_(
 ) -> None:
     """Evaluate a trained run or checkpoint, or score any COCO results file with --detections.
 
-    Evaluating a run folder on its own data writes detections.json and metrics.json into it
-    (``detections_tta.json`` and ``metrics_tta.json`` with --tta).
+    Evaluating a finished run folder on its own data writes detections.json and metrics.json into it
+    (detections_tta.json and metrics_tta.json with --tta); other data, or an unfinished run, writes
+    beside them under a name that says which (metrics.DATA-HASH.json, metrics.iterN.json).
     """
     if detections is not None:
         from atssrepro.engine.coco_eval import evaluate_detections, load_detections
