@@ -13,8 +13,10 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from atssrepro.cli.common import (
+    Command,
     DataOption,
     PresetOption,
     ResultsOption,
@@ -41,11 +43,11 @@ class ExecutorName(str, Enum):
     slurm = "slurm"
 
 
-@app.command()
+@app.command(cls=Command)
 def run(
-    tables: list[str] = typer.Argument(..., help="Table names, e.g. table1 table3."),
+    tables: list[str] = typer.Argument(..., metavar="TABLE...", help="Table names, e.g. table1 table3 (or zoo)."),
     preset: str = PresetOption,
-    rows: list[str] = typer.Option([], "--rows", help="Only these row ids (repeatable)."),
+    rows: list[str] = typer.Option([], "--rows", metavar="ROW", help="Only this row id (repeatable)."),
     seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
@@ -53,28 +55,40 @@ def run(
     force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
     gpu_type: str | None = typer.Option(
-        None, help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's)."
+        None,
+        metavar="NAME",
+        help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's).",
     ),
     executor: ExecutorName = typer.Option(
-        ExecutorName.local, "--executor", "-e", help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster."
+        ExecutorName.local,
+        "--executor",
+        "-e",
+        metavar="local|slurm",
+        help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster.",
     ),
     gpus: str | None = typer.Option(
         None,
+        metavar="IDS",
         help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
     ),
-    gpus_per_run: int = typer.Option(1, help="local: GPUs per run; with more than one a run trains with DDP."),
+    gpus_per_run: int = typer.Option(
+        1, metavar="N", help="local: GPUs per run; with more than one a run trains with DDP."
+    ),
     profile: str | None = typer.Option(
-        None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
+        None, metavar="NAME|FILE", help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
     ),
     wait: bool = typer.Option(False, "--wait", help="slurm: stay until every job has ended, then summarize."),
     zoo_dir: Path | None = typer.Option(
-        None, "--zoo-dir", help="The folder of the official checkpoints that evaluation-only rows (zoo) import."
+        None,
+        "--zoo-dir",
+        metavar="DIR",
+        help="The folder of the official checkpoints that evaluation-only rows (zoo) import.",
     ),
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
 
-    Evaluation-only rows (``atssrepro run zoo --zoo-dir DIR``) import an official checkpoint of
-    DIR and evaluate it; a missing file fails that row only.
+    Evaluation-only rows (`atssrepro run zoo --zoo-dir DIR`) import an official checkpoint of DIR
+    and evaluate it; a missing file fails that row only.
 
     Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
     GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
@@ -122,7 +136,7 @@ def run(
         outcomes = slurm.execute(runs, store, force)
         if not wait:
             counts = Counter(o.state for o in outcomes)
-            console.print(", ".join(f"{n} {state}" for state, n in counts.items()), highlight=False)
+            console.print(", ".join(f"{n} {state}" for state, n in counts.items()))
             console.print("follow them with `atssrepro status`, collect them with `atssrepro report`")
             return
         try:
@@ -134,7 +148,7 @@ def run(
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
     if failed:
         for outcome in failed:
-            console.print(f"  {outcome.run_id}: {outcome.state}: {outcome.message}", highlight=False)
+            console.print(f"  {outcome.run_id}: {outcome.state}: {outcome.message}")
         raise typer.Exit(1)
 
 
@@ -167,11 +181,11 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
         table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, cost)
     stdout.print(table)
     total = sum(r.cost for r in runs)
-    stdout.print(f"total: {total:,} training images", highlight=False)
-    stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER), highlight=False)
+    stdout.print(f"total: {total:,} training images")
+    stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER))
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_tables(
     results: Path = ResultsOption,
     preset: str = PresetOption,
@@ -193,9 +207,9 @@ def list_tables(
     stdout.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def show(
-    table_name: str = typer.Argument(..., metavar="TABLE"),
+    table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8 or zoo."),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
@@ -206,9 +220,9 @@ def show(
 
     chosen = cfg.preset_named(preset)
     (spec,) = load_specs([table_name])
-    stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
+    stdout.print(Text.assemble((spec.title, "bold"), f": {spec.caption}"))
     if spec.base:
-        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False, soft_wrap=True)
+        stdout.print("base: " + ", ".join(assignments(spec.base)), soft_wrap=True)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
         run_ids = [] if row.reference_only else [
@@ -222,7 +236,7 @@ def show(
     stdout.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
     tables: list[str] | None = TablesArgument,
     preset: str = PresetOption,
@@ -231,10 +245,12 @@ def status(
     results: Path = ResultsOption,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
-    """Each run's state, progress and last loss; for runs on Slurm, also their job, its state and node.
+    """Each run's state, iteration and last loss; for runs on Slurm, also their job, its state and node.
 
     States: not run, pending, running, done, failed, diverged, interrupted (resumes on the next
-    run), corrupt; on Slurm also requeued (after a preemption or a time limit) and cancelled.
+    `atssrepro run`), corrupt; on Slurm also requeued (after a preemption or a time limit) and
+    cancelled. The iteration is the last one logged while a run trains, else the one its checkpoint
+    holds: where the next start resumes.
     """
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
@@ -259,9 +275,9 @@ def status(
     stdout.print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def cancel(
-    targets: list[str] = typer.Argument(..., metavar="TABLE|RUN...", help="Table names or run ids."),
+    targets: list[str] = typer.Argument(..., metavar="TABLE|RUN_ID...", help="Table names or run ids."),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
@@ -294,20 +310,24 @@ def cancel(
     cancel_jobs(live)
     for run_id, job in jobs.items():
         verdict = f"cancelled job {job} ({live[job].lower()})" if job in live else "no job in the queue"
-        console.print(f"{run_id}: {verdict}", highlight=False)
+        console.print(f"{run_id}: {verdict}")
     console.print(f"cancelled {len(live)} job(s)")
 
 
-@app.command()
+@app.command(cls=Command)
 def report(
     tables: list[str] | None = TablesArgument,
-    fmt: str = typer.Option("terminal", "--format", "-f", help="terminal, markdown, csv, latex, html or json."),
+    fmt: str = typer.Option(
+        "terminal", "--format", "-f", metavar="FORMAT", help="terminal, markdown, csv, latex, html or json."
+    ),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the report to this file."),
-    plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots of the sweep tables (4-6) here."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the report to this file."),
+    plots: Path | None = typer.Option(
+        None, "--plots", metavar="DIR", help="Write PNG plots of the sweep tables (4-6) here; html links them."
+    ),
 ) -> None:
     """The reproduced numbers next to the published ones, laid out as the paper's tables."""
     from atssrepro import config as cfg
@@ -323,7 +343,7 @@ def report(
         write_text(out, text)
         console.print(f"wrote {out}")
     elif fmt == "terminal":
-        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+        stdout.print(text, soft_wrap=True)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     if plots is not None:

@@ -163,7 +163,8 @@ def html_report(views: Sequence[TableView]) -> str:
 
 
 def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
-    """{"tables": [{"name", "title", "caption", "status", "sources", "rows": [{..., "metrics": {name: numbers}}]}]}."""
+    """{"unit": "percent", "tables": [{"name", "title", "caption", "status", "sources",
+    "rows": [{..., "metrics": {name: numbers}}]}]}: the numbers in percent, as the paper prints them."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else round(value, DECIMALS)
@@ -196,4 +197,4 @@ def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
             {"name": spec.name, "title": spec.title, "caption": spec.caption, "status": spec.status,
              "sources": spec.sources, "rows": rows}
         )  # fmt: skip
-    return json.dumps({"tables": tables}, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps({"unit": "percent", "tables": tables}, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

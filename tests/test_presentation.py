@@ -1,0 +1,60 @@
+"""How the command line shows things: messages as plain text, help, piped output (issue 17, items 5 and 9)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from atssrepro.cli import app
+
+from cli import assert_one_line_error, atssrepro
+
+
+def test_a_message_with_brackets_prints_them(tmp_path):
+    folder = tmp_path / "[run 1]"
+    folder.mkdir()
+    detections = folder / "dets[v2].json"
+    detections.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1.0}]))
+    ann = folder / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "width": 9, "height": 9}], "annotations": [], "categories": []}))
+    result = atssrepro("eval", "--detections", str(detections), "--ann", str(ann), check=False)
+    assert_one_line_error(result, "[1, 2, 3]", str(detections))
+
+
+def _commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def _every_command():
+    import typer.main
+
+    return [(), *_commands(typer.main.get_command(app))]
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=lambda c: " ".join(c) or "atssrepro")
+def test_help_shows_placeholders_not_types(command):
+    text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
+    for bad in ("<bool>", "<str>", "<list", "<int>", "<path>", "``", "{", "INTEGER", "TEXT", "BOOLEAN", "PATH "):
+        assert bad not in text, (bad, text)
+    assert "--help   " in text or "--help  " in text  # the flag alone, no placeholder after it
+
+
+def test_help_in_a_subprocess_reads_as_one_paragraph():
+    text = atssrepro("status", "--help", env={"COLUMNS": "200", "PATH": ""}).stdout
+    assert "[TABLE...]" in text and "<bool>" not in text
+    # The docstring's line breaks do not show: "the next `atssrepro run`" flows on one line at 200 columns.
+    assert "resumes on the next atssrepro run), corrupt" in text
+
+
+def test_piped_output_is_not_wrapped(tmp_path):
+    data = str(tmp_path / ("a-folder-name-longer-than-a-line-" * 6))
+    result = atssrepro("show", "table3", "--preset", "smoke", "--data", data)
+    assert max(len(line) for line in result.stdout.splitlines()) > 160  # the title, whole
+    error = atssrepro("eval", "--detections", data + "/d.json", "--ann", data + "/a.json", check=False)
+    assert_one_line_error(error, data)
