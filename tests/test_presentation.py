@@ -58,3 +58,19 @@ def test_piped_output_is_not_wrapped(tmp_path):
     assert max(len(line) for line in result.stdout.splitlines()) > 160  # the title, whole
     error = atssrepro("eval", "--detections", data + "/d.json", "--ann", data + "/a.json", check=False)
     assert_one_line_error(error, data)
+
+
+def test_mistyped_names_get_a_suggestion_and_the_choices(tmp_path):
+    results = ["--results", str(tmp_path)]
+    row = atssrepro("run", "table3", "--rows", "fcoss", "--dry-run", *results, check=False)
+    assert_one_line_error(row, "--rows fcoss", "did you mean 'fcos'?", "(rows: retinanet_a1, retinanet_a1_atss, fcos,")
+    fmt = atssrepro("report", "table3", "--format", "md", *results, check=False)
+    assert_one_line_error(fmt, "did you mean 'markdown'?")
+
+
+def test_list_shows_zoo_which_errors_offer(tmp_path):
+    result = CliRunner().invoke(app, ["list", "--results", str(tmp_path)], env={"COLUMNS": "200"})
+    assert (
+        result.exit_code == 0
+        and [line.split()[0] for line in result.output.splitlines()[3:] if line.strip()][-1] == "zoo"
+    )

@@ -192,15 +192,16 @@ def list_tables(
     seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
-    """The tables, their rows and how many of their runs are done."""
+    """The tables (the paper's, then zoo: the official models), their rows and how many of their runs are done."""
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
+    from atssrepro.harness.specs import available_specs
     from atssrepro.harness.store import Store
 
     store = Store(results)
     chosen = cfg.preset_named(preset)
     table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
-    for spec in load_specs(None):
+    for spec in load_specs(available_specs()):
         runs = plan([spec], chosen, (), seeds, data)
         done = sum(store.state(r.run_id) is RunState.DONE for r in runs)
         table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
@@ -222,7 +223,7 @@ def show(
     (spec,) = load_specs([table_name])
     stdout.print(Text.assemble((spec.title, "bold"), f": {spec.caption}"))
     if spec.base:
-        stdout.print("base: " + ", ".join(assignments(spec.base)), soft_wrap=True)
+        stdout.print("base: " + "  ".join(assignments(spec.base)), soft_wrap=True)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
         run_ids = [] if row.reference_only else [

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, did_you_mean
 from atssrepro.harness.report.formats import (
     DECIMALS,
     TERMINAL_WIDTH,
@@ -34,7 +34,7 @@ __all__ = ["FORMATS", "SUMMARY_COLUMNS", "TERMINAL_WIDTH", "VERDICTS", "plot_swe
 def render(specs: Sequence[TableSpec], frame: pd.DataFrame, fmt: str) -> str:
     """Every table of ``specs`` in format ``fmt`` (one of :data:`FORMATS`), reproduced next to published."""
     if fmt not in FORMATS:
-        raise UserError(f"unknown report format {fmt!r} (formats: {', '.join(FORMATS)})")
+        raise UserError(f"unknown report format {fmt!r}{did_you_mean(fmt, FORMATS)} (formats: {', '.join(FORMATS)})")
     summary = summary_for(specs, frame)
     if fmt == "csv":
         return summary.to_csv(index=False, float_format=f"%.{DECIMALS}f")
