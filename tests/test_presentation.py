@@ -74,3 +74,58 @@ def test_list_shows_zoo_which_errors_offer(tmp_path):
         result.exit_code == 0
         and [line.split()[0] for line in result.output.splitlines()[3:] if line.strip()][-1] == "zoo"
     )
+
+
+def _store_with_an_interrupted_and_a_done_run(tmp_path):
+    """results/ holding table3's fcos runs (smoke, data DATA): seed 0 interrupted at iteration 17 (its
+    log ahead at 15, as after Ctrl-C between windows), seed 1 done; as the runs record them."""
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.specs import load_table
+
+    data, results = str(tmp_path / "data"), tmp_path / "results"
+    interrupted, done = plan([load_table("table3")], "smoke", ["fcos"], 2, data)
+    for run, info in (
+        (interrupted, {"state": "interrupted", "checkpoint_iteration": 17,
+                       "message": "interrupted after iteration 17; the next start resumes from there"}),
+        (done, {"state": "done"}),
+    ):  # fmt: skip
+        folder = results / run.run_id
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"id": run.run_id, "preset": "smoke", **info}))
+        (folder / "config.toml").write_text(cfg.to_toml(run.config))
+        (folder / "log.jsonl").write_text("".join(json.dumps({"iter": i, "loss": 1.0}) + "\n" for i in (5, 10, 15)))
+    return data, results, interrupted, done
+
+
+def test_status_run_and_dry_run_tell_the_same_story(tmp_path):
+    data, results, interrupted, done = _store_with_an_interrupted_and_a_done_run(tmp_path)
+    where = ["--preset", "smoke", "--data", data, "--results", str(results)]
+    status = atssrepro("status", "table3", "--seeds", "2", *where).stdout
+    (line,) = [line for line in status.splitlines() if interrupted.run_id in line]
+    assert "17/20" in line and "the next start resumes from there" in line  # the message whole, not cut
+
+    planned = atssrepro("run", "table3", "--rows", "fcos", "--seeds", "2", *where, "--dry-run").stdout
+    (line,) = [line for line in planned.splitlines() if interrupted.run_id in line]
+    assert " 0 " in line and "interrupted at iteration 17/20: resumes from there" in line
+    (line,) = [line for line in planned.splitlines() if done.run_id in line]
+    assert " 1 " in line and "done" in line
+    assert f"total: {interrupted.cost:,} training images, for the 1 runs not done (1 done already)" in planned
+
+    # Without the runs' --preset and --data: every run "not run", and a line that says where they are.
+    other = atssrepro("status", "table3", "--results", str(results))
+    assert f"2 run(s) in {results} were made with other settings: --preset smoke --data {data}" in other.stderr
+    assert f"(see them: atssrepro status --preset smoke --data {data} --results {results})" in other.stderr
+
+
+def test_the_outcome_line_of_run_is_the_status_line(tmp_path):
+    from atssrepro.engine.run_state import RunState
+    from atssrepro.harness.status import outcome_line
+    from atssrepro.harness.store import Store
+
+    _, results, interrupted, done = _store_with_an_interrupted_and_a_done_run(tmp_path)
+    store = Store(results)
+    line = outcome_line(interrupted, store, RunState.INTERRUPTED, "interrupted after iteration 17; ...")
+    assert line == "interrupted at iteration 17/20: resumes from there on the next atssrepro run"
+    assert outcome_line(done, store, RunState.DONE, "") == "done"
+    assert outcome_line(done, store, RunState.BUSY, "another process trains it") == "busy: another process trains it"

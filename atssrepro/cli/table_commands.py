@@ -103,7 +103,7 @@ def run(
     if dry_run:
         from atssrepro.harness.throughput import local_device
 
-        print_plan(runs, as_json, gpu_type or local_device())
+        print_plan(runs, Store(results), as_json, gpu_type or local_device())
         return
     if gpu_type is not None:
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
@@ -152,16 +152,22 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(runs: list, as_json: bool, device: str) -> None:
+def print_plan(runs: list, store, as_json: bool, device: str) -> None:
+    """Every planned run with its seed and its state in the store; the cost of those not done yet."""
+    from atssrepro.harness.status import describe, run_statuses
     from atssrepro.harness.throughput import cost_line, device_hours
 
+    statuses = run_statuses(runs, store)
+    to_do = [run for run, status in zip(runs, statuses) if status.state is not RunState.DONE]
     if as_json:
-        for run in runs:
+        for run, status in zip(runs, statuses):
             line = {
                 "run_id": run.run_id,
                 "rows": [str(r) for r in run.rows],
                 "preset": run.preset.name,
                 "seed": run.seed,
+                "state": str(status.state),
+                "iteration": status.iteration,
                 "tta": run.tta,
                 "config_diff": run.diff,
                 "cost_images": run.cost,
@@ -174,15 +180,29 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
     from atssrepro import config as cfg
     from atssrepro.harness.plan import assignments
 
-    table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
-    for run in runs:
+    title = f"{len(runs)} runs, {len(to_do)} to do"
+    table = make_table(
+        "run", "seed", "rows", "state", "config (differences from the table base)", "images", title=title
+    )
+    for run, status in zip(runs, statuses):
         diff = "\n".join(assignments(run.diff)) or "(base)"
         cost = f"{run.cost:,}" if run.checkpoint is None else f"evaluation only: {run.checkpoint}"
-        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, cost)
+        table.add_row(run.run_id, str(run.seed), "\n".join(map(str, run.rows)), describe(status), diff, cost)
     stdout.print(table)
-    total = sum(r.cost for r in runs)
-    stdout.print(f"total: {total:,} training images")
+    total = sum(r.cost for r in to_do)
+    done = len(runs) - len(to_do)
+    stdout.print(f"total: {total:,} training images, for the {len(to_do)} runs not done ({done} done already)")
     stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER))
+    hint_other_settings(store, [run.run_id for run in runs])
+
+
+def hint_other_settings(store, run_ids: list[str]) -> None:
+    """Say so when the store holds runs, but none of these: made with another --preset or --data."""
+    from atssrepro.harness.status import other_settings
+
+    line = other_settings(store, run_ids)
+    if line:
+        console.print(line)
 
 
 @app.command("list", cls=Command)
@@ -201,11 +221,14 @@ def list_tables(
     store = Store(results)
     chosen = cfg.preset_named(preset)
     table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
+    planned = []
     for spec in load_specs(available_specs()):
         runs = plan([spec], chosen, (), seeds, data)
         done = sum(store.state(r.run_id) is RunState.DONE for r in runs)
         table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
+        planned += [r.run_id for r in runs]
     stdout.print(table)
+    hint_other_settings(store, planned)
 
 
 @app.command(cls=Command)
@@ -258,7 +281,9 @@ def status(
     from atssrepro.harness.status import run_statuses
     from atssrepro.harness.store import Store
 
-    statuses = run_statuses(plan(load_specs(tables), cfg.preset_named(preset), (), seeds, data), Store(results))
+    store = Store(results)
+    statuses = run_statuses(plan(load_specs(tables), cfg.preset_named(preset), (), seeds, data), store)
+    hint_other_settings(store, [s.run_id for s in statuses])
     if as_json:
         for status in statuses:
             print(json.dumps(dataclasses.asdict(status)))
@@ -272,7 +297,7 @@ def status(
         job = f"{s.slurm_job_id} {s.slurm_state.lower()}".strip()
         where = s.node or (f"({s.reason})" if s.reason else "")
         slurm_cells = (job, where, str(s.requeues) if s.slurm_job_id else "") if on_slurm else ()
-        table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message[:60])
+        table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message)
     stdout.print(table)
 
 
@@ -338,7 +363,9 @@ def report(
     from atssrepro.harness.store import Store
 
     specs = load_specs(tables)
-    frame = collect(specs, cfg.preset_named(preset), seeds, Store(results), data)
+    store = Store(results)
+    frame = collect(specs, cfg.preset_named(preset), seeds, store, data)
+    hint_other_settings(store, list(frame["run_id"].dropna().unique()))
     text = render(specs, frame, fmt)
     if out is not None:
         write_text(out, text)
