@@ -129,3 +129,27 @@ def test_the_outcome_line_of_run_is_the_status_line(tmp_path):
     assert line == "interrupted at iteration 17/20: resumes from there on the next atssrepro run"
     assert outcome_line(done, store, RunState.DONE, "") == "done"
     assert outcome_line(done, store, RunState.BUSY, "another process trains it") == "busy: another process trains it"
+
+
+def test_report_html_links_its_plots_and_says_which_tables_have_none(tmp_path):
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.specs import load_table
+
+    results, folder = tmp_path / "results", tmp_path / "report folder"
+    (k3, *_) = plan([load_table("table4")], "paper", ["k3"], 1, None)
+    (results / k3.run_id).mkdir(parents=True)
+    (results / k3.run_id / "run.json").write_text("{")  # corrupt
+    result = atssrepro(
+        "report", "table3", "table4", "table8", "--format", "html", "--results", str(results),
+        "--out", str(folder / "report.html"), "--plots", str(folder / "plots"),
+    )  # fmt: skip
+    swept = "plots are drawn for the tables that sweep a value: table4, table5, table6"
+    assert f"table3: no plot ({swept})" in result.stderr and f"table8: no plot ({swept})" in result.stderr
+    text = (folder / "report.html").read_text()
+    # Relative to the report: the folder moves as a whole.
+    assert '<a href="plots/table4_sweep.png"><img src="plots/table4_sweep.png"' in text
+    assert (folder / "plots" / "table4_sweep.png").is_file()
+    assert "<code>atssrepro predict</code>" in text and "`" not in text
+    assert "<th>k</th>" in text
+    assert "Verdicts: 8 not run, 1 corrupt" in text  # not "9 not run"
+    assert "Published numbers: CONFIRMED (2 sources: S1 + S2); sources: S1 = arXiv v4 text" in text

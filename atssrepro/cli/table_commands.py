@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections import Counter
 from enum import Enum
@@ -365,8 +366,17 @@ def report(
     specs = load_specs(tables)
     store = Store(results)
     frame = collect(specs, cfg.preset_named(preset), seeds, store, data)
-    hint_other_settings(store, list(frame["run_id"].dropna().unique()))
-    text = render(specs, frame, fmt)
+    plotted: dict[str, str] = {}
+    if plots is not None:
+        for spec in specs:
+            if not spec.sweep_axis:
+                swept = ", ".join(s.name for s in load_specs(None) if s.sweep_axis)
+                console.print(f"{spec.name}: no plot (plots are drawn for the tables that sweep a value: {swept})")
+        for spec, path in plot_sweeps(specs, frame, plots):
+            console.print(f"wrote {path}")
+            # Relative to the report, so that the report and its plots can move together.
+            plotted[spec.name] = os.path.relpath(path, Path(out).parent if out is not None else Path.cwd())
+    text = render(specs, frame, fmt, plotted)
     if out is not None:
         write_text(out, text)
         console.print(f"wrote {out}")
@@ -374,6 +384,4 @@ def report(
         stdout.print(text, soft_wrap=True)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
-    if plots is not None:
-        for path in plot_sweeps(specs, frame, plots):
-            console.print(f"wrote {path}")
+    hint_other_settings(store, list(frame["run_id"].dropna().unique()))

@@ -6,6 +6,8 @@ import html
 import io
 import json
 import math
+import re
+import urllib.parse
 from collections.abc import Sequence
 
 import pandas as pd
@@ -62,6 +64,8 @@ def markdown(views: Sequence[TableView]) -> str:
         parts += [f"## {view.title}", f"*{view.caption}*", "\n".join(rows), "  \n".join(view.footer)]
         if view.note:
             parts.append(view.note)
+        if view.plot:
+            parts.append(f"![{view.title}]({view.plot.replace(' ', '%20')})")
     return "\n\n".join(parts) + "\n"
 
 
@@ -135,15 +139,19 @@ def html_report(views: Sequence[TableView]) -> str:
 
     body = [f"<p><em>{html.escape(LEGEND)}</em></p>"]
     for view in views:
-        body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{html.escape(view.caption)}</em></p>"]
+        body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{_html_text(view.caption)}</em></p>"]
         body += ["<table>", f"<thead>{row(view.header, 'th')}</thead>", "<tbody>"]
         for heading, lines in view.sections:
             if heading:
                 body.append(f'<tr class="section"><th colspan="{len(view.header)}">{html.escape(heading)}</th></tr>')
             body.extend(row(cells) for cells in lines)
-        body += ["</tbody>", "</table>", *(f"<p>{html.escape(text)}</p>" for text in view.footer)]
+        body += ["</tbody>", "</table>", *(f"<p>{_html_text(text)}</p>" for text in view.footer)]
         if view.note:
-            body.append(f"<p><small>{html.escape(view.note)}</small></p>")
+            body.append(f"<p><small>{_html_text(view.note)}</small></p>")
+        if view.plot:
+            src = html.escape(urllib.parse.quote(view.plot))
+            alt = html.escape(f"{view.title}: the plot of {view.plot}")
+            body.append(f'<p><a href="{src}"><img src="{src}" alt="{alt}" style="max-width:40em"></a></p>')
     return (
         "\n".join(
             [
@@ -160,6 +168,11 @@ def html_report(views: Sequence[TableView]) -> str:
         )
         + "\n"
     )
+
+
+def _html_text(text: str) -> str:
+    """Escaped text, its `code` spans (as notes and footers write them) as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
