@@ -98,8 +98,9 @@ PresetOption = typer.Option(
     "--preset",
     "-p",
     metavar="NAME",
-    help="paper (the official recipe), smoke (a check on the CPU: 20 iterations, under a minute on 2 free cores) "
-    "or demo (300 iterations on the CPU, about 2 minutes).",
+    help="paper (the official recipe), smoke (a check that everything runs: 20 iterations of a small model on "
+    "the CPU, about 30 s on 2 cores, longer on a busy machine) or demo (that model trained 300 iterations, "
+    "about 2 minutes).",
 )
 SetOption = typer.Option(
     [], "--set", "-s", metavar="KEY=VALUE", help="Override a field: `--set model.assign.topk=7` (repeatable)."
