@@ -30,8 +30,9 @@ def terminal(views: Sequence[TableView]) -> str:
     console = Console(record=True, width=TERMINAL_WIDTH, file=io.StringIO())
     console.print(Text(LEGEND))
     for view in views:
+        # The title on its own lines, as wide as the page: as the table's title it would wrap to a narrow table's width.
         title = Text(f"{view.title}. {view.caption}")
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
+        table = Table(box=box.SIMPLE_HEAD, collapse_padding=True)
         columns = list(zip(view.header, *(line for _, lines in view.sections for line in lines)))
         for column in columns:
             # Only the numbers (the multi-line cells) wrap, so that labels and names stay whole.
@@ -44,6 +45,7 @@ def terminal(views: Sequence[TableView]) -> str:
             for line in lines:
                 table.add_row(*(Text(cell) for cell in line))
         console.print()
+        console.print(title)
         console.print(table)
         for text in view.footer:
             console.print(Text(text))
