@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.text import Text
@@ -31,6 +32,9 @@ from atssrepro.cli.common import (
 )
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
+
+if TYPE_CHECKING:  # imported on use
+    from atssrepro.harness.store import Store
 
 
 def load_specs(tables: list[str] | None) -> list:
@@ -153,7 +157,7 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(runs: list, store, as_json: bool, device: str) -> None:
+def print_plan(runs: list, store: Store, as_json: bool, device: str) -> None:
     """Every planned run with its seed and its state in the store; the cost of those not done yet."""
     from atssrepro.harness.status import describe, run_statuses
     from atssrepro.harness.throughput import cost_line, device_hours
@@ -197,7 +201,7 @@ def print_plan(runs: list, store, as_json: bool, device: str) -> None:
     hint_other_settings(store, [run.run_id for run in runs])
 
 
-def hint_other_settings(store, run_ids: list[str]) -> None:
+def hint_other_settings(store: Store, run_ids: list[str]) -> None:
     """Say so when the store holds runs, but none of these: made with another --preset or --data."""
     from atssrepro.harness.status import other_settings
 
