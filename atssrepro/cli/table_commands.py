@@ -152,8 +152,11 @@ def run(
     failed = [o for o in outcomes if o.state not in (RunState.DONE, RunState.SKIPPED)]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
     if failed:
-        for outcome in failed:
-            console.print(f"  {outcome.run_id}: {outcome.state}: {outcome.message}")
+        from atssrepro.harness.status import outcome_line
+
+        by_id = {run.run_id: run for run in runs}
+        for o in failed:
+            console.print(f"  {o.run_id}: {outcome_line(by_id[o.run_id], store, o.state, o.message)}")
         raise typer.Exit(1)
 
 
