@@ -153,3 +153,14 @@ def test_report_html_links_its_plots_and_says_which_tables_have_none(tmp_path):
     assert "<th>k</th>" in text
     assert "Verdicts: 8 not run, 1 corrupt" in text  # not "9 not run"
     assert "Published numbers: CONFIRMED (2 sources: S1 + S2); sources: S1 = arXiv v4 text" in text
+
+
+def test_json_reports_name_their_unit_percent(tmp_path):
+    import pandas as pd
+
+    from atssrepro.harness import report
+    from atssrepro.harness.collect import COLUMNS
+    from atssrepro.harness.specs import load_table
+
+    data = json.loads(report.render([load_table("table4")], pd.DataFrame(columns=COLUMNS), "json"))
+    assert data["unit"] == "percent" and data["tables"][0]["rows"][0]["metrics"]["AP"]["published"] == 38.0
