@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from atssrepro import config as cfg
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
@@ -92,7 +93,8 @@ def other_settings(store: Store, run_ids: Sequence[str]) -> str | None:
     settings: Counter[tuple[str, str]] = Counter()
     for folder in store.root.iterdir():
         preset = store.info(folder.name).get("preset") if (folder / "run.json").is_file() else None
-        if not isinstance(preset, str):
+        preset = cfg.PAPER.name if preset == "import" else preset  # zoo rows: official checkpoints, as they are
+        if preset not in cfg.PRESETS:
             continue
         try:
             root = load_toml(folder / "config.toml")["data"]["root"]
