@@ -61,9 +61,16 @@ class Group(TyperGroup):
         return _plain_params(super().get_params(ctx))
 
 
+class _Typer(typer.Typer):
+    """A Typer app whose commands are :class:`Command` unless told otherwise."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] = Command, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls, **kwargs)
+
+
 def _app(help: str) -> typer.Typer:
     # Help text is Markdown: paragraphs flow whatever the docstring's line breaks, `code` shows as code.
-    return typer.Typer(
+    return _Typer(
         cls=Group,
         add_completion=False,
         no_args_is_help=True,

@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from atssrepro.cli.common import (
-    Command,
     ConfigOption,
     DataOption,
     JsonOption,
@@ -26,7 +25,7 @@ from atssrepro.cli.common import (
 from atssrepro.errors import UserError
 
 
-@app.command(cls=Command)
+@app.command()
 def train(
     config: str | None = ConfigOption,
     preset: str = PresetOption,
@@ -57,7 +56,7 @@ def train(
         print_metrics(metrics, as_json)
 
 
-@app.command("eval", cls=Command)
+@app.command("eval")
 def eval_(
     target: Path | None = typer.Argument(None, metavar="RUN", help="A run folder or a checkpoint file."),
     data: str | None = DataOption,
@@ -96,7 +95,7 @@ def eval_(
         print_metrics(metrics, as_json)
 
 
-@import_app.command("official", cls=Command)
+@import_app.command("official")
 def import_official(
     checkpoint: Path = typer.Argument(
         ..., metavar="CHECKPOINT", help="An official ATSS checkpoint (model_final.pth) or state dict."
@@ -120,7 +119,7 @@ def import_official(
     console.print(f"run folder: {run}; evaluate it with: atssrepro eval {run} --data DATASET [--tta]")
 
 
-@app.command(cls=Command)
+@app.command()
 def predict(
     target: Path = typer.Argument(..., metavar="RUN", help="A run folder or a checkpoint file."),
     images: Path = typer.Option(..., metavar="DIR", help="Folder of the images, e.g. test2017/."),
@@ -153,7 +152,7 @@ def predict(
     distributed.destroy()
 
 
-@app.command("config", cls=Command)
+@app.command("config")
 def show_config(
     config: str | None = ConfigOption,
     preset: str = PresetOption,
@@ -169,7 +168,7 @@ def show_config(
     print(cfg.to_toml(resolved), end="")
 
 
-@data_app.command("synth", cls=Command)
+@data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder to write the dataset to."),
     train_images: int = typer.Option(64, metavar="N", help="Training images."),
@@ -183,7 +182,7 @@ def data_synth(
     console.print(f"wrote {train_images} train and {val_images} val images to {out}")
 
 
-@data_app.command("subset", cls=Command)
+@data_app.command("subset")
 def data_subset(
     coco: Path = typer.Option(..., metavar="DIR", help="Root of a full COCO (annotations/, train2017/, val2017/)."),
     split: str = typer.Option("val2017", metavar="NAME", help="train2017 or val2017."),
@@ -198,7 +197,7 @@ def data_subset(
     console.print(f"wrote {images} images of {split} to {out} ({ann})")
 
 
-@analyze_app.command("assignment", cls=Command)
+@analyze_app.command("assignment")
 def analyze_assignment(
     ann: Path = typer.Option(
         ..., metavar="FILE", help="A COCO annotation file; image sizes come from it, no image is read."

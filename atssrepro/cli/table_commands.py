@@ -18,7 +18,6 @@ import typer
 from rich.text import Text
 
 from atssrepro.cli.common import (
-    Command,
     DataOption,
     PresetOption,
     ResultsOption,
@@ -48,7 +47,7 @@ class ExecutorName(str, Enum):
     slurm = "slurm"
 
 
-@app.command(cls=Command)
+@app.command()
 def run(
     tables: list[str] = typer.Argument(..., metavar="TABLE...", help="Table names, e.g. table1 table3 (or zoo)."),
     preset: str = PresetOption,
@@ -213,7 +212,7 @@ def hint_other_settings(store: Store, run_ids: list[str]) -> None:
         console.print(line)
 
 
-@app.command("list", cls=Command)
+@app.command("list")
 def list_tables(
     results: Path = ResultsOption,
     preset: str = PresetOption,
@@ -243,7 +242,7 @@ def list_tables(
     hint_other_settings(store, planned)
 
 
-@app.command(cls=Command)
+@app.command()
 def show(
     table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8 or zoo."),
     preset: str = PresetOption,
@@ -272,7 +271,7 @@ def show(
     stdout.print(table)
 
 
-@app.command(cls=Command)
+@app.command()
 def status(
     tables: list[str] | None = TablesArgument,
     preset: str = PresetOption,
@@ -313,7 +312,7 @@ def status(
     stdout.print(table)
 
 
-@app.command(cls=Command)
+@app.command()
 def cancel(
     targets: list[str] = typer.Argument(..., metavar="TABLE|RUN_ID...", help="Table names or run ids."),
     preset: str = PresetOption,
@@ -352,7 +351,7 @@ def cancel(
     console.print(f"cancelled {len(live)} job(s)")
 
 
-@app.command(cls=Command)
+@app.command()
 def report(
     tables: list[str] | None = TablesArgument,
     fmt: str = typer.Option(
