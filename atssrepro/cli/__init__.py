@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.text import Text
+
 from atssrepro.cli import run_commands, table_commands
 from atssrepro.cli.common import app, console
 from atssrepro.errors import UserError, one_line
@@ -20,5 +22,6 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
+        # The message as it is: it may hold [brackets], paths, a user's values (atssrepro/terminal.py).
+        console.print(Text.assemble(("error:", "bold red"), " ", one_line(e)))
         sys.exit(2)

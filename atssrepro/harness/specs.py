@@ -101,6 +101,8 @@ class TableSpec:
     sweep_axis: str = ""
     """A table that sweeps one value over its rows (Tables 4-6): the value in words, the x-axis of
     its plot (``report --plots``). Labels that all parse as numbers give a numeric axis."""
+    row_header: str = ""
+    """layout "rows": the header of the first column, the rows' labels (Table 4: ``k``)."""
     source: Path = Path()
 
     def row(self, row_id: str) -> RowSpec:
