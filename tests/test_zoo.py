@@ -124,10 +124,10 @@ def test_missing_weights_stop_run_and_train_before_anything_starts_or_is_submitt
     trained = atssrepro("train", "--set", f"model.backbone.weights={missing}", "--data", str(synth_coco),
                         "--out", str(out), check=False)  # fmt: skip
     assert trained.returncode == 2 and f"file {missing} not found" in trained.stderr
-    assert json.loads((out / "run.json").read_text())["state"] == "pending"  # never started
+    assert not out.exists()  # checked before the run folder is written
 
 
-def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monkeypatch):
+def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monkeypatch, coco_layout):
     from atssrepro.model import pretrained
 
     monkeypatch.setenv("ATSSREPRO_WEIGHTS", str(tmp_path / "cache"))
@@ -135,7 +135,7 @@ def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monke
     offline = pretrained.CatalogEntry(entry.name, (tmp_path / "offline.pkl").as_uri(), entry.backbone)
     monkeypatch.setitem(pretrained.CATALOG, "MSRA/R-50", offline)
     spec = load_table(_spec_with_weights(tmp_path, "MSRA/R-50"))
-    runs = plan([spec], "paper", data_root=str(tmp_path))
+    runs = plan([spec], "paper", data_root=str(coco_layout))
     store = Store(tmp_path / "results")
     with pytest.raises(UserError, match=rf"put it at {re.escape(str(tmp_path / 'cache' / 'MSRA' / 'R-50.pkl'))}"):
         QueueExecutor(Console(quiet=True), ["cpu"]).execute(runs, store)
@@ -202,11 +202,13 @@ def test_zoo_rows_import_official_checkpoints_evaluate_them_and_report_them(tmp_
     assert "done already" in again.stderr
 
 
-def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(tmp_path):
+def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(tmp_path, coco_layout):
     from atssrepro.harness.slurm import SlurmExecutor
     from atssrepro.harness.slurm_profile import load_profile
 
-    runs = plan([load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(tmp_path), zoo_dir=tmp_path)
+    runs = plan(
+        [load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(coco_layout), zoo_dir=tmp_path
+    )
     store = Store(tmp_path / "results")
     outcomes = SlurmExecutor(Console(quiet=True), load_profile("local")).execute(runs, store)
     assert [o.state for o in outcomes] == ["failed", "failed"]

@@ -23,6 +23,7 @@ from atssrepro.cli.common import (
     app,
     check_torch_pair,
     console,
+    count_option,
     make_table,
     stdout,
 )
@@ -62,7 +63,9 @@ def run(
         None,
         help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
     ),
-    gpus_per_run: int = typer.Option(1, help="local: GPUs per run; with more than one a run trains with DDP."),
+    gpus_per_run: int = count_option(
+        1, "--gpus-per-run", low=1, high=64, help="local: GPUs per run; with more than one a run trains with DDP."
+    ),
     profile: str | None = typer.Option(
         None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
     ),
@@ -87,8 +90,13 @@ def run(
 
     runs = plan(load_specs(tables), cfg.preset_named(preset), rows, seeds, data, zoo_dir)
     if dry_run:
+        from atssrepro.engine.preflight import data_problem
+        from atssrepro.errors import warn
         from atssrepro.harness.throughput import local_device
 
+        problem = next(filter(None, (data_problem(run.config.data, run.splits) for run in runs)), None)
+        if problem:
+            warn(f"{problem} (without --dry-run, run stops here)")
         print_plan(runs, as_json, gpu_type or local_device())
         return
     if gpu_type is not None:

@@ -2,9 +2,11 @@
 
 :class:`QueueExecutor` runs each run in its own process (``python -m atssrepro.harness.worker``,
 through torchrun for DDP), which executes it with ``runner.execute_job``, its output appended to
-``<run>/train.log``. On Ctrl-C it passes the signal on to those processes (which checkpoint their
+``<run>/train.log``; the terminal shows where that log is and each run's latest iteration and loss
+(``harness/follow.py``). On Ctrl-C it passes the signal on to those processes (which checkpoint their
 last iteration), waits for them and raises KeyboardInterrupt. The preparation both executors share
-(:func:`prepare`, :func:`missing_checkpoint`, :func:`fetch_pretrained`, :func:`check_batch_split`)
+(:func:`prepare`, :func:`missing_checkpoint`, :func:`check_inputs`, :func:`fetch_pretrained`,
+:func:`check_batch_split`)
 is here too; ``harness/slurm.py`` holds the other executor.
 """
 
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,9 +31,11 @@ from typing import IO
 from rich.console import Console
 
 from atssrepro import config as cfg
+from atssrepro.engine.preflight import check_data
 from atssrepro.engine.run_dir import RunBusy
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
+from atssrepro.harness.follow import QueueView
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.runner import Job, Outcome
 from atssrepro.harness.store import Store
@@ -68,6 +72,23 @@ def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
     )
     store.run(run.run_id).set_state(RunState.FAILED, message=message)
     return Outcome(run.run_id, RunState.FAILED, message)
+
+
+def check_inputs(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:
+    """Refuse, before any run folder is written or any job submitted, runs that could not start: a
+    results store that cannot be written, a dataset without the annotation files and image folders
+    a run reads (``engine/preflight.py``; both splits for a run to train or resume, the validation
+    split for one to evaluate only). Runs that are done need nothing."""
+    store.check_writable()
+    checked = set()
+    for run in runs:
+        splits = run.splits
+        if not force and store.run(run.run_id).metrics_path.exists():
+            evaluated = not run.tta or store.run(run.run_id, tta=True).metrics_path.exists()
+            splits = () if evaluated else ("val",)
+        if splits and (run.config.data, splits) not in checked:
+            check_data(run.config.data, splits)
+            checked.add((run.config.data, splits))
 
 
 def fetch_pretrained(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:
@@ -168,13 +189,22 @@ class Stopped(Exception):
 class Children:
     """The executor's running subprocesses, so that Ctrl-C reaches each of them. Thread-safe."""
 
+    WATCH_S = 1.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
         self.stopping = False
 
-    def call(self, command: list[str], log: IO[str], env: dict[str, str] | None = None) -> int:
-        """Run ``command`` to its end with its output in ``log``; its exit code.
+    def call(
+        self,
+        command: list[str],
+        log: IO[str],
+        env: dict[str, str] | None = None,
+        watch: Callable[[], None] | None = None,
+    ) -> int:
+        """Run ``command`` to its end with its output in ``log``; its exit code. ``watch`` is called
+        every :attr:`WATCH_S` seconds while it runs.
 
         Raises:
             Stopped: :meth:`interrupt` was called before it started.
@@ -185,7 +215,13 @@ class Children:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             self._running.add(process)
         # A KeyboardInterrupt here leaves the process in the set, for interrupt() to stop.
-        code = process.wait()
+        while True:
+            try:
+                code = process.wait(timeout=self.WATCH_S)
+                break
+            except subprocess.TimeoutExpired:
+                if watch is not None:
+                    watch()
         with self._lock:
             self._running.discard(process)
         return code
@@ -211,13 +247,14 @@ def run_one(
     store: Store,
     force: bool,
     children: Children,
-    console: Console,
+    view: QueueView,
     slot: Slot,
 ) -> Outcome:
     """Execute ``run`` on ``slot`` (train, or import and evaluate; then TTA if a row needs it);
-    report progress on ``console``. The slot is noted as ``devices`` in the run's run.json.
-    ``position`` prefixes the lines, e.g. "[3/8]".
+    report on ``view``'s console where its log is, and its progress. The slot is noted as
+    ``devices`` in the run's run.json. ``position`` prefixes the lines, e.g. "[3/8]".
     """
+    console = view.console
     rows = ", ".join(map(str, run.rows))
     if not prepare(run, store, force):
         console.print(f"{position} {run.run_id} ({rows}): done already")
@@ -231,12 +268,18 @@ def run_one(
     with contextlib.suppress(RunBusy), folder.lock():
         folder.set_state(folder.info()["state"], devices=str(slot))
     doing = "training" if run.checkpoint is None else f"importing {run.checkpoint.name} and evaluating"
-    console.print(f"{position} {run.run_id} ({rows}): {doing} on {slot}")
+    train_log = folder.path / "train.log"
+    line = f"{position} {run.run_id} ({rows}): {doing} on {slot}; its log: {train_log}"
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+    follower = view.follow(f"{position} {run.run_id}", folder.log_path, run.config.train.iterations)
     with tempfile.TemporaryDirectory(prefix="atssrepro-") as scratch:
         outcome_file = Path(scratch) / "outcome.json"
         command = worker_command(job_of(run, store), outcome_file, slot.launcher())
-        with open(folder.path / "train.log", "a") as log:
-            code = children.call(command, log, slot.env())
+        try:
+            with open(train_log, "a") as log:
+                code = children.call(command, log, slot.env(), follower.poll)
+        finally:
+            follower.close()
         outcome = Outcome(run.run_id, RunState.DONE) if code == 0 else _failure(run, store, code, outcome_file)
     console.print(f"{position} {run.run_id}: {outcome.state} {outcome.message}")
     return outcome
@@ -273,12 +316,15 @@ class QueueExecutor:
 
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
         check_batch_split(runs, len(self.slots[0].devices), "--gpus-per-run")
+        check_inputs(runs, store, force)
         fetch_pretrained(runs, store, force)
         pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(runs)):
             pending.put(index)
         outcomes: dict[int, Outcome] = {}
         children = Children()
+
+        view = QueueView(self.console)
 
         def work(slot: Slot) -> None:
             """Train pending runs on ``slot`` until none is left or Ctrl-C stops the queue."""
@@ -289,7 +335,7 @@ class QueueExecutor:
                     return
                 run, position = runs[index], f"[{index + 1}/{len(runs)}]"
                 try:
-                    outcomes[index] = run_one(run, position, store, force, children, self.console, slot)
+                    outcomes[index] = run_one(run, position, store, force, children, view, slot)
                 except Stopped:
                     return
                 except Exception as e:  # a broken run folder fails its run, not the queue
@@ -297,14 +343,15 @@ class QueueExecutor:
 
         self.console.print(f"{len(self.slots)} slot(s): {' | '.join(map(str, self.slots))}")
         threads = [threading.Thread(target=work, args=(slot,), name=f"slot {slot}") for slot in self.slots]
-        for thread in threads:
-            thread.start()
-        try:
+        with view:
             for thread in threads:
-                thread.join()
-        except KeyboardInterrupt:
-            children.interrupt()
-            for thread in threads:
-                thread.join()
-            raise
+                thread.start()
+            try:
+                for thread in threads:
+                    thread.join()
+            except KeyboardInterrupt:
+                children.interrupt()
+                for thread in threads:
+                    thread.join()
+                raise
         return [outcomes[index] for index in range(len(runs))]

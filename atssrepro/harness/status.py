@@ -44,9 +44,9 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
             run_id=run.run_id,
             rows=[str(row) for row in run.rows],
             state=store.state(run.run_id),
-            iteration=log.get("iter"),
+            iteration=log.iter if log else None,
             iterations=run.config.train.iterations,
-            loss=log.get("loss"),
+            loss=log.loss if log else None,
             message=store.corruption(run.run_id) or info.get("message", ""),
         )
         if "slurm_job_id" in info:
