@@ -26,7 +26,12 @@ class QueueView:
         if console.is_terminal:
             status = TextColumn("{task.fields[status]}")
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), status, console=console
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                status,
+                console=console,
+                transient=True,
             )
 
     def __enter__(self) -> QueueView:
