@@ -37,6 +37,21 @@ def test_plain_lines_show_each_new_window_of_this_start_only(tmp_path):
     ]  # one whole line each, however narrow the console
 
 
+def test_a_resumed_start_that_drops_the_stale_windows_shows_its_own(tmp_path):
+    from atssrepro.engine.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    run.log_path.write_text(window(2, 3.0) + window(4, 2.5) + window(6, 2.25) + '{"iter": 8')  # checkpoint at 4
+    output = io.StringIO()
+    with QueueView(Console(file=output, width=60)) as view:
+        follower = view.follow("[1/1] abc", run.log_path, 8)
+        run.resume_log(4)  # the resumed start, before its first window
+        follower.poll()
+        run.append_log({"iter": 6, "loss": 2.0})
+        follower.close()
+    assert output.getvalue().splitlines() == ["[1/1] abc: iteration 6/8, loss 2.000"]
+
+
 def test_on_a_terminal_each_run_has_a_live_line(tmp_path):
     logs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
     view = QueueView(Console(file=io.StringIO(), force_terminal=True))

@@ -206,9 +206,7 @@ def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(t
     from atssrepro.harness.slurm import SlurmExecutor
     from atssrepro.harness.slurm_profile import load_profile
 
-    runs = plan(
-        [load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(coco_layout), zoo_dir=tmp_path
-    )
+    runs = plan([load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(coco_layout), zoo_dir=tmp_path)
     store = Store(tmp_path / "results")
     outcomes = SlurmExecutor(Console(quiet=True), load_profile("local")).execute(runs, store)
     assert [o.state for o in outcomes] == ["failed", "failed"]

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from atssrepro import config as cfg
-from atssrepro.engine.run_records import CorruptRecord, LogRecord, MetricsRecord, RunRecord, read_log, read_record
+from atssrepro.engine.run_records import (
+    CorruptRecord,
+    LogRecord,
+    MetricsRecord,
+    RunRecord,
+    log_windows,
+    read_log,
+    read_record,
+)
 from atssrepro.engine.run_state import RECORDED, RunState
 from atssrepro.errors import UserError
 from atssrepro.fileio import make_dirs, write_json, write_text
@@ -144,6 +152,15 @@ class RunDir:
         info = self.info()
         info.update(fields, state=RunState(state).value, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json(self.state_path, {key: value for key, value in info.items() if value is not None})
+
+    def resume_log(self, iteration: int) -> None:
+        """Drop from log.jsonl, atomically, the windows after ``iteration``, where a resumed start
+        takes over: an earlier start logged them after its last checkpoint and this one logs them
+        again, so the log (and what ``status`` shows) never runs ahead of the run. A half last
+        line of a killed start goes too; the lines kept are kept as written. Raises CorruptRecord."""
+        windows = log_windows(self.log_path)
+        if self.log_path.exists():
+            write_text(self.log_path, "".join(line + "\n" for record, line in windows if record.iter <= iteration))
 
     def append_log(self, record: dict[str, Any]) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:

@@ -135,17 +135,24 @@ def read_log(path: Path) -> list[LogRecord]:
 
 @functools.lru_cache(maxsize=1024)
 def _log_version(path: Path, mtime_ns: int, size: int) -> tuple[LogRecord, ...]:
+    return tuple(record for record, _ in log_windows(path))
+
+
+def log_windows(path: Path) -> list[tuple[LogRecord, str]]:
+    """:func:`read_log` uncached, each window with its line as written; [] when there is no file."""
+    if not path.exists():
+        return []
     text = _text(path)
     lines = text.splitlines()
     if not text.endswith("\n"):
         lines = lines[:-1]
-    windows: list[LogRecord] = []
+    windows: list[tuple[LogRecord, str]] = []
     for number, line in enumerate(lines, start=1):
         record = log_record(line, path, number)
-        while windows and windows[-1].iter >= record.iter:
+        while windows and windows[-1][0].iter >= record.iter:
             windows.pop()
-        windows.append(record)
-    return tuple(windows)
+        windows.append((record, line))
+    return windows
 
 
 def log_record(line: str, path: Path, number: int) -> LogRecord:

@@ -8,6 +8,7 @@ line per log window.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import TracebackType
 
@@ -54,7 +55,14 @@ class RunFollower:
 
     def __init__(self, view: QueueView, label: str, log_path: Path, iterations: int) -> None:
         self.view, self.label, self.log_path, self.iterations = view, label, log_path, iterations
-        self._offset = log_path.stat().st_size if log_path.is_file() else 0
+        # Where the log ended at launch. A resumed start replaces the file once, before its first
+        # window, without the windows after its checkpoint (RunDir.resume_log): the lines it keeps
+        # are lines of the launch's file, the ones it appends are new.
+        self._inode, self._offset, self._earlier = 0, 0, frozenset[bytes]()
+        if log_path.is_file():
+            launch = log_path.read_bytes()
+            self._inode, self._offset = log_path.stat().st_ino, len(launch)
+            self._earlier = frozenset(launch.splitlines())
         self._task: TaskID | None = None
         if view.bar is not None:
             self._task = view.bar.add_task(label, total=iterations, status="starting")
@@ -73,6 +81,9 @@ class RunFollower:
         (``status`` names a corrupt log)."""
         try:
             with open(self.log_path, "rb") as log:
+                inode = os.fstat(log.fileno()).st_ino
+                if inode != self._inode:  # replaced by the resumed start: read it again from the top
+                    self._inode, self._offset = inode, 0
                 log.seek(self._offset)
                 appended = log.read()
         except FileNotFoundError:
@@ -81,6 +92,8 @@ class RunFollower:
         self._offset += len(complete)
         windows = []
         for line in complete.decode("utf-8", errors="replace").splitlines():
+            if line.encode("utf-8") in self._earlier:
+                continue
             try:
                 windows.append(log_record(line, self.log_path, 0))
             except CorruptRecord:
