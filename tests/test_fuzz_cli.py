@@ -369,6 +369,10 @@ def count_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         for store in ("a_file", "a_file/sub"):
             cases.append(Case([*command, "--results", str(root / store)], f"--results {root / store}"))
     cases.append(Case(["config", "--data", ""], "--data ''"))
+    # Inputs a run needs, checked before anything starts, on either executor (issue 17, item 4).
+    wrong = ["--data", str(root / "wrong"), "--results", str(root / "results")]
+    for executor in (["--executor", "local"], ["--executor", "slurm", "--profile", "local"]):
+        cases.append(Case(["run", "table3", "--rows", "fcos", *wrong, *executor], f"data root {root / 'wrong'}"))
     return cases
 
 

@@ -26,3 +26,13 @@ def test_readers_take_the_last_window_per_iteration_and_a_resume_drops_the_stale
     assert run.log_path.read_text() == windows(3, 6) and store.last_log("abc").iter == 6
     run.resume_log(0)  # a start from scratch (no checkpoint): the log starts again
     assert run.log_path.read_text() == "" and store.last_log("abc") is None
+
+
+def test_absurd_counts_are_one_line():
+    """(A device this machine lacks, ``analyze --device cuda:7``, is among test_fuzz_cli's cases, in
+    process: a fresh process spends seconds importing torch.)"""
+    from cli import assert_one_line_error, atssrepro
+
+    assert_one_line_error(atssrepro("report", "table3", "--seeds", "-2", check=False), "--seeds -2", "[1, 100]")
+    configured = atssrepro("config", "--set", "model.assign.topk=2000000000", check=False)
+    assert_one_line_error(configured, "model.assign.topk = 2000000000", "[1, 1000]")
