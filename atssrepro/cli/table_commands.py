@@ -86,7 +86,7 @@ def run(
     """
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
-    from atssrepro.harness.store import Store
+    from atssrepro.harness.store import Store, check_inputs
 
     runs = plan(load_specs(tables), cfg.preset_named(preset), rows, seeds, data, zoo_dir)
     if dry_run:
@@ -103,10 +103,11 @@ def run(
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
-    check_torch_pair()
     store = Store(results)
     if not force:
         store.refuse_corrupt([r.run_id for r in runs])
+    check_inputs(runs, store, force)  # before torch is imported: a wrong --data is one line at once
+    check_torch_pair()
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
 

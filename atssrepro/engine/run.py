@@ -111,7 +111,7 @@ def evaluate_model(
 
     Returns the metrics on the main process and ``{}`` on the others.
     """
-    dataset = dataset or val_dataset(config)
+    dataset = val_dataset(config) if dataset is None else dataset
     detections = detect(model, dataset, config, device, console)
     if not distributed.is_main():
         return {}

@@ -5,9 +5,9 @@ through torchrun for DDP), which executes it with ``runner.execute_job``, its ou
 ``<run>/train.log``; the terminal shows where that log is and each run's latest iteration and loss
 (``harness/follow.py``). On Ctrl-C it passes the signal on to those processes (which checkpoint their
 last iteration), waits for them and raises KeyboardInterrupt. The preparation both executors share
-(:func:`prepare`, :func:`missing_checkpoint`, :func:`check_inputs`, :func:`fetch_pretrained`,
-:func:`check_batch_split`)
-is here too; ``harness/slurm.py`` holds the other executor.
+(:func:`prepare`, :func:`missing_checkpoint`, :func:`fetch_pretrained`, :func:`check_batch_split`)
+is here too, but for ``store.check_inputs``, which ``run`` calls before it imports torch;
+``harness/slurm.py`` holds the other executor.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from typing import IO
 from rich.console import Console
 
 from atssrepro import config as cfg
-from atssrepro.engine.preflight import check_data
 from atssrepro.engine.run_dir import RunBusy
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.follow import QueueView
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.runner import Job, Outcome
-from atssrepro.harness.store import Store
+from atssrepro.harness.store import Store, check_inputs
 from atssrepro.model import pretrained
 
 
@@ -72,23 +71,6 @@ def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
     )
     store.run(run.run_id).set_state(RunState.FAILED, message=message)
     return Outcome(run.run_id, RunState.FAILED, message)
-
-
-def check_inputs(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:
-    """Refuse, before any run folder is written or any job submitted, runs that could not start: a
-    results store that cannot be written, a dataset without the annotation files and image folders
-    a run reads (``engine/preflight.py``; both splits for a run to train or resume, the validation
-    split for one to evaluate only). Runs that are done need nothing."""
-    store.check_writable()
-    checked = set()
-    for run in runs:
-        splits = run.splits
-        if not force and store.run(run.run_id).metrics_path.exists():
-            evaluated = not run.tta or store.run(run.run_id, tta=True).metrics_path.exists()
-            splits = () if evaluated else ("val",)
-        if splits and (run.config.data, splits) not in checked:
-            check_data(run.config.data, splits)
-            checked.add((run.config.data, splits))
 
 
 def fetch_pretrained(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:

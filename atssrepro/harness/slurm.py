@@ -24,7 +24,6 @@ from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.executors import (
     check_batch_split,
-    check_inputs,
     fetch_pretrained,
     job_of,
     missing_checkpoint,
@@ -35,7 +34,7 @@ from atssrepro.harness.runner import Outcome
 from atssrepro.harness.slurm_job import TrainJob
 from atssrepro.harness.slurm_profile import SlurmProfile
 from atssrepro.harness.slurm_queue import ENDED, live_jobs, slurm_command, slurm_states
-from atssrepro.harness.store import Store
+from atssrepro.harness.store import Store, check_inputs
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 """The checkout: ``atssrepro/`` and ``tables/`` are copied from here into each snapshot."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atssrepro.engine.preflight import folder_problem
+from atssrepro.engine.preflight import check_data, folder_problem
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.engine.run_records import LogRecord
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
+
+if TYPE_CHECKING:
+    from atssrepro.harness.plan import PlannedRun
 
 
 class Store:
@@ -72,3 +75,20 @@ class Store:
         before the first, or when a record of the run is corrupt."""
         log = [] if self.corruption(run_id) else self.run(run_id).log()
         return log[-1] if log else None
+
+
+def check_inputs(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:
+    """Refuse, before any run folder is written or any job submitted, runs that could not start: a
+    results store that cannot be written, a dataset without the annotation files and image folders
+    a run reads (``engine/preflight.py``; both splits for a run to train or resume, the validation
+    split for one to evaluate only). Runs that are done need nothing."""
+    store.check_writable()
+    checked = set()
+    for run in runs:
+        splits = run.splits
+        if not force and store.run(run.run_id).metrics_path.exists():
+            evaluated = not run.tta or store.run(run.run_id, tta=True).metrics_path.exists()
+            splits = () if evaluated else ("val",)
+        if splits and (run.config.data, splits) not in checked:
+            check_data(run.config.data, splits)
+            checked.add((run.config.data, splits))
