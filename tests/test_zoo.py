@@ -76,25 +76,26 @@ def test_checkpoint_field_is_validated(tmp_path):
 
 
 @pytest.mark.slow
-def test_missing_checkpoints_fail_their_rows_only_and_status_shows_them(tmp_path):
+def test_missing_checkpoints_fail_their_rows_only_and_status_shows_them(tmp_path, coco_layout):
     results = tmp_path / "results"
+    data = coco_layout  # the runs never read it, but run checks that it is there before they start
     common = ["--rows", "r50_1x", "--rows", "dcnv2_r50_1x", "--results", str(results)]
     wide = {**os.environ, "COLUMNS": "500"}  # one progress line per run
     zoo_dir = str(tmp_path / "zoo")
-    ran = atssrepro("run", "zoo", "--zoo-dir", zoo_dir, "--data", str(tmp_path), *common, check=False, env=wide)
+    ran = atssrepro("run", "zoo", "--zoo-dir", zoo_dir, "--data", str(data), *common, check=False, env=wide)
     assert ran.returncode == 1, ran.stderr
     assert "0 of 2 runs finished" in ran.stderr and "Traceback" not in ran.stderr
     assert ran.stderr.count("ATSS_R_50_FPN_1x.pth not found") == 2  # the progress line and the summary
-    status = atssrepro("status", "zoo", "--json", "--data", str(tmp_path), "--results", str(results))
+    status = atssrepro("status", "zoo", "--json", "--data", str(data), "--results", str(results))
     status = status.stdout.splitlines()
     status = [json.loads(line) for line in status]
     by_rows = {tuple(s["rows"]): s for s in status}
     missing = by_rows[("zoo/dcnv2_r50_1x",)]
     assert missing["state"] == "failed" and "ATSS_dcnv2_R_50_FPN_1x.pth not found" in missing["message"]
     assert by_rows[("zoo/r101_2x",)]["state"] == "not run"
-    cancelled = atssrepro("cancel", "zoo", "--data", str(tmp_path), "--results", str(results))
+    cancelled = atssrepro("cancel", "zoo", "--data", str(data), "--results", str(results))
     assert "cancelled 0 job(s)" in cancelled.stderr
-    no_dir = atssrepro("run", "zoo", "--data", str(tmp_path), *common, check=False)
+    no_dir = atssrepro("run", "zoo", "--data", str(data), *common, check=False)
     assert no_dir.returncode == 2 and "give --zoo-dir DIR" in no_dir.stderr
 
 
