@@ -85,6 +85,7 @@ def run(
     run is recorded and the others go on; the exit code is 1 when any run did not finish.
     """
     from atssrepro import config as cfg
+    from atssrepro.harness.gpus import parse_gpus
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store, check_inputs
 
@@ -103,16 +104,28 @@ def run(
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
+    # The options first, then the inputs, before torch is imported: a wrong --data is one line at once.
+    if executor is ExecutorName.local:
+        if profile is not None or wait:
+            raise UserError("--profile and --wait are options of --executor slurm")
+        if gpus is not None:
+            parse_gpus(gpus)
+    else:
+        if gpus is not None or gpus_per_run != 1:
+            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
+        if profile is None:
+            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
+        from atssrepro.harness.slurm_profile import load_profile
+
+        slurm_profile = load_profile(profile)
     store = Store(results)
     if not force:
         store.refuse_corrupt([r.run_id for r in runs])
-    check_inputs(runs, store, force)  # before torch is imported: a wrong --data is one line at once
+    check_inputs(runs, store, force)
     check_torch_pair()
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
 
-        if profile is not None or wait:
-            raise UserError("--profile and --wait are options of --executor slurm")
         queue = QueueExecutor(console, local_devices(gpus), gpus_per_run)
         try:
             outcomes = queue.execute(runs, store, force)
@@ -121,13 +134,8 @@ def run(
             raise typer.Exit(130) from None
     else:
         from atssrepro.harness.slurm import SlurmExecutor
-        from atssrepro.harness.slurm_profile import load_profile
 
-        if gpus is not None or gpus_per_run != 1:
-            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
-        if profile is None:
-            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
-        slurm = SlurmExecutor(console, load_profile(profile))
+        slurm = SlurmExecutor(console, slurm_profile)
         outcomes = slurm.execute(runs, store, force)
         if not wait:
             counts = Counter(o.state for o in outcomes)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +34,7 @@ from atssrepro.engine.run_dir import RunBusy
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.follow import QueueView
+from atssrepro.harness.gpus import parse_gpus
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.runner import Job, Outcome
 from atssrepro.harness.store import Store, check_inputs
@@ -124,10 +124,7 @@ def local_devices(gpus: str | None) -> list[str]:
     """The devices of the local queue: the ``--gpus`` list ("0,1,3"; "cpu0,cpu1" makes CPU slots),
     else every GPU this process may use, else one CPU slot."""
     if gpus is not None:
-        devices = [device.strip() for device in gpus.split(",")]
-        if not all(re.fullmatch(r"\d+|cpu\d*|(GPU|MIG)-[\w-]+", device) for device in devices):
-            raise UserError(f"--gpus {gpus!r}: expected GPU ids separated by commas, e.g. --gpus 0,1,2,3")
-        return devices
+        return parse_gpus(gpus)
     import torch
 
     count = torch.cuda.device_count()
