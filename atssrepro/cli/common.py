@@ -40,7 +40,7 @@ SetOption = typer.Option([], "--set", "-s", help="Override a field: --set model.
 DataOption = typer.Option(None, "--data", "-d", help="Dataset root (annotations/, train2017/, val2017/).")
 
 
-def count_option(default: int | None, *names: str, low: int, high: int, help: str) -> Any:
+def count_option(default: int | None, *names: str, low: int, high: int, help: str, metavar: str = "N") -> Any:
     """An integer option with its range, shown in its help: a value outside it stops the command as
     it is parsed, before any work, in one line and exit code 2 (``--seeds 0: must be an integer in
     [1, 100]``). Every count option of the commands is one of these."""
@@ -50,7 +50,7 @@ def count_option(default: int | None, *names: str, low: int, high: int, help: st
             raise UserError(f"{param.opts[0]} {value}: must be an integer in [{low}, {high}]")
         return value
 
-    return typer.Option(default, *names, callback=in_range, help=f"{help} ({low} to {high})")
+    return typer.Option(default, *names, metavar=metavar, callback=in_range, help=f"{help} ({low} to {high})")
 
 
 # --preset, --seeds and --data make a row's run id: every command that names runs takes all three.
