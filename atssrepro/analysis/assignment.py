@@ -20,7 +20,7 @@ import dataclasses
 import math
 import typing
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -88,13 +88,14 @@ def assignment_statistics(
     max_images: int | None = None,
     batch_size: int = 16,
     device: str = "cpu",
+    report: Callable[[int, int], None] = lambda done, total: None,
 ) -> pd.DataFrame:
     """Positive anchors of every usable GT box of a COCO annotation file, for each strategy.
 
     Crowd boxes and boxes 1 pixel or less wide or high after clipping are dropped, as in training;
     images left without a box are skipped. ``max_images`` keeps the first images (by id) that have
     a box. Each strategy runs ``model.assign`` with only its ``strategy`` replaced, on the anchors
-    of ``model.anchors``.
+    of ``model.anchors``. ``report(done, total)`` is called after each batch of images.
 
     Returns:
         One row per (strategy, GT), strategies in the given order, then by image id and GT index:
@@ -138,6 +139,7 @@ def assignment_statistics(
                 positives[strategy].append(counts[gt_mask].cpu())
                 mean_ious[strategy].append(iou[gt_mask].cpu())
             ordered.extend(batch)
+            report(len(ordered), len(images))
 
     gts = pd.DataFrame(
         {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from atssrepro.cli.common import (
     app,
     check_torch_pair,
     console,
+    count_option,
     data_app,
     import_app,
     print_metrics,
+    usable_device,
 )
 from atssrepro.errors import UserError
 
@@ -186,7 +189,7 @@ def data_synth(
 def data_subset(
     coco: Path = typer.Option(..., metavar="DIR", help="Root of a full COCO (annotations/, train2017/, val2017/)."),
     split: str = typer.Option("val2017", metavar="NAME", help="train2017 or val2017."),
-    images: int = typer.Option(..., metavar="N", help="How many images to take."),
+    images: int = count_option(..., "--images", low=1, high=1_000_000, help="How many images to take."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the subset."),
     seed: int = typer.Option(0, metavar="N", help="Random seed for the choice of images."),
 ) -> None:
@@ -210,7 +213,9 @@ def analyze_assignment(
     ),
     config: str | None = ConfigOption,
     set_: list[str] = SetOption,
-    max_images: int | None = typer.Option(None, metavar="N", help="Analyse only the first N images with a box."),
+    max_images: int | None = count_option(
+        None, "--max-images", low=1, high=1_000_000, help="Analyse only the first N images with a box."
+    ),
     out: Path = typer.Option(
         Path("results/analysis"), "--out", "-o", metavar="DIR", help="Folder for the CSVs and the plot."
     ),
@@ -231,13 +236,23 @@ def analyze_assignment(
         render_summary,
         summarize,
     )
+    from atssrepro.engine.progress import progress
     from atssrepro.fileio import write_text
 
     resolved = cfg.build_config(config, cfg.PAPER, set_)
     d = resolved.data
-    stats = assignment_statistics(
-        ann, strategy, resolved.model, d.train_short_side[1], d.max_size, d.size_divisible, max_images, device=device
-    )
+    with contextlib.ExitStack() as bars:
+        shown = []  # the progress bar, opened once the number of images is known
+
+        def report(done: int, total: int) -> None:
+            if not shown:
+                shown.append(bars.enter_context(progress(console, "assigning images", total, max(1, total // 20))))
+            shown[0](done)
+
+        stats = assignment_statistics(
+            ann, strategy, resolved.model, d.train_short_side[1], d.max_size, d.size_divisible, max_images,
+            device=usable_device(device), report=report,
+        )  # fmt: skip
     summary = summarize(stats, resolved.model)
     write_text(out / "per_gt.csv", stats.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv(index=False))

@@ -26,6 +26,7 @@ from atssrepro.cli.common import (
     app,
     check_torch_pair,
     console,
+    count_option,
     make_table,
     stdout,
 )
@@ -75,8 +76,8 @@ def run(
         metavar="IDS",
         help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
     ),
-    gpus_per_run: int = typer.Option(
-        1, metavar="N", help="local: GPUs per run; with more than one a run trains with DDP."
+    gpus_per_run: int = count_option(
+        1, "--gpus-per-run", low=1, high=64, help="local: GPUs per run; with more than one a run trains with DDP."
     ),
     profile: str | None = typer.Option(
         None, metavar="NAME|FILE", help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
@@ -100,28 +101,47 @@ def run(
     run is recorded and the others go on; the exit code is 1 when any run did not finish.
     """
     from atssrepro import config as cfg
+    from atssrepro.harness.gpus import parse_gpus
     from atssrepro.harness.plan import plan
-    from atssrepro.harness.store import Store
+    from atssrepro.harness.store import Store, check_inputs
 
     runs = plan(load_specs(tables), cfg.preset_named(preset), rows, seeds, data, zoo_dir)
     if dry_run:
+        from atssrepro.engine.preflight import data_problem
+        from atssrepro.errors import warn
         from atssrepro.harness.throughput import local_device
 
+        problem = next(filter(None, (data_problem(run.config.data, run.splits) for run in runs)), None)
+        if problem:
+            warn(f"{problem} (without --dry-run, run stops here)")
         print_plan(runs, Store(results), as_json, gpu_type or local_device())
         return
     if gpu_type is not None:
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
-    check_torch_pair()
+    # The options first, then the inputs, before torch is imported: a wrong --data is one line at once.
+    if executor is ExecutorName.local:
+        if profile is not None or wait:
+            raise UserError("--profile and --wait are options of --executor slurm")
+        if gpus is not None:
+            parse_gpus(gpus)
+    else:
+        if gpus is not None or gpus_per_run != 1:
+            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
+        if profile is None:
+            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
+        from atssrepro.harness.slurm_profile import load_profile
+
+        slurm_profile = load_profile(profile)
     store = Store(results)
     if not force:
         store.refuse_corrupt([r.run_id for r in runs])
+    check_inputs(runs, store, force)
+    check_torch_pair()
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
 
-        if profile is not None or wait:
-            raise UserError("--profile and --wait are options of --executor slurm")
         queue = QueueExecutor(console, local_devices(gpus), gpus_per_run)
         try:
             outcomes = queue.execute(runs, store, force)
@@ -130,13 +150,8 @@ def run(
             raise typer.Exit(130) from None
     else:
         from atssrepro.harness.slurm import SlurmExecutor
-        from atssrepro.harness.slurm_profile import load_profile
 
-        if gpus is not None or gpus_per_run != 1:
-            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
-        if profile is None:
-            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
-        slurm = SlurmExecutor(console, load_profile(profile))
+        slurm = SlurmExecutor(console, slurm_profile)
         outcomes = slurm.execute(runs, store, force)
         if not wait:
             counts = Counter(o.state for o in outcomes)

@@ -206,6 +206,8 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         saved = checkpoint.load(run.checkpoint_path)
         checkpoint.restore(run.checkpoint_path, lambda: state.load_state_dict(saved))
         console.print(f"resuming {run.path} from iteration {state.iteration}")
+    if distributed.is_main():
+        run.resume_log(state.iteration)  # the windows an earlier start logged after its checkpoint go
     if state.iteration >= t.iterations:
         return model
     curves.start(state.iteration)
