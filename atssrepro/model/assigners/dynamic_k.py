@@ -1,0 +1,54 @@
+"""Dynamic-k matching, shared by SimOTA and DSL (mmdetection 3.3's ``dynamic_k_matching``)."""
+
+from __future__ import annotations
+
+import torch
+
+from atssrepro.model.assign import BACKGROUND
+
+
+def dynamic_ks(ious: torch.Tensor, valid: torch.Tensor, topk: int) -> torch.Tensor:
+    """Each GT's k: max(1, int(sum of its ``topk`` largest IoUs over the valid priors)).
+
+    Args:
+        ious: [B, G, N] IoU of each prior's predicted box with each GT.
+        valid: [B, N] bool, the priors that take part (the rule's candidates).
+
+    Returns:
+        [B, G] int64 in [1, topk].
+    """
+    top = ious.masked_fill(~valid[:, None, :], 0.0).topk(min(topk, ious.shape[-1]), dim=-1).values
+    return top.sum(dim=-1).int().clamp(min=1).long()
+
+
+def dynamic_k_match(
+    cost: torch.Tensor, ious: torch.Tensor, valid: torch.Tensor, gt_mask: torch.Tensor, topk: int
+) -> torch.Tensor:
+    """Each GT takes its k (:func:`dynamic_ks`) valid priors of lowest cost; then a prior taken by
+    several GTs goes to the GT of lowest cost among *all* GTs of its image (the lowest index on a
+    tie), whether or not that GT took it, as the reference does.
+
+    Args:
+        cost: [B, G, N] float; any value where a prior is not valid or a GT is padding.
+        ious: [B, G, N] float.
+        valid: [B, N] bool.
+        gt_mask: [B, G] bool.
+        topk: the candidate count of :func:`dynamic_ks`; it also bounds k, so one top-k of that
+            size serves every GT.
+
+    Returns:
+        [B, N] int64: GT index or BACKGROUND.
+    """
+    num_priors = cost.shape[-1]
+    cost = cost.masked_fill(~valid[:, None, :] | ~gt_mask[..., None], float("inf"))
+    k = dynamic_ks(ious, valid, topk)  # [B, G]
+    order = cost.topk(min(topk, num_priors), dim=-1, largest=False).indices  # [B, G, K], lowest cost first
+    take = torch.arange(order.shape[-1], device=cost.device) < k[..., None]
+    take &= valid.gather(1, order.flatten(1)).view_as(order) & gt_mask[..., None]
+    taken = torch.zeros_like(cost, dtype=torch.bool).scatter_(-1, order, take)  # [B, G, N]
+
+    times_taken = taken.sum(dim=1)  # [B, N]
+    only_gt = taken.to(torch.uint8).argmax(dim=1)
+    cheapest_gt = cost.argmin(dim=1)
+    matched = torch.where(times_taken > 1, cheapest_gt, only_gt)
+    return torch.where(times_taken > 0, matched, BACKGROUND)

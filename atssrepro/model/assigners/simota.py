@@ -1,0 +1,86 @@
+"""SimOTA (YOLOX, Ge et al., 2021), as mmdetection 3.3's ``SimOTAAssigner``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, inside_margins, pairwise_iou
+from atssrepro.model.assigners.dynamic_k import dynamic_k_match
+
+OUTSIDE_COST = 100000.0
+"""mmdetection's ``INF``: the cost added to a (prior, GT) pair not inside both the box and its centre square."""
+LOG_EPS = 1e-7
+
+
+def simota_cost(
+    inputs: AssignInputs, *, center_radius: float = 2.5, iou_weight: float = 3.0, cls_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimOTA's cost of every (GT, prior) pair, the IoUs and the candidate priors.
+
+    A prior is a candidate (valid) when its centre lies strictly inside some GT box or some GT's
+    centre square (GT centre +- center_radius x stride, not clipped to the box). The cost is
+    cls_weight x BCE(sigmoid(logits), one-hot of the GT class), summed over classes,
+    + iou_weight x -log(IoU + 1e-7), + 1e5 unless the prior is inside both that GT's box and
+    its centre square.
+
+    Returns:
+        cost [B, G, N], IoU [B, G, N] and valid [B, N] bool (over the real GTs).
+    """
+    gt_boxes, gt_mask = inputs.gt_boxes.float(), inputs.gt_mask
+    centres, strides = inputs.centres, inputs.strides.float()
+    in_box = inside_margins(centres, gt_boxes) > 0  # [B, G, N]
+
+    # The centre square's sides are formed as in the reference, so a centre on a side falls alike.
+    gt_cx = ((gt_boxes[..., 0] + gt_boxes[..., 2]) / 2.0)[..., None]
+    gt_cy = ((gt_boxes[..., 1] + gt_boxes[..., 3]) / 2.0)[..., None]
+    radius = center_radius * strides
+    x, y = centres[:, 0], centres[:, 1]
+    in_centre = torch.minimum(
+        torch.minimum(x - (gt_cx - radius), y - (gt_cy - radius)),
+        torch.minimum((gt_cx + radius) - x, (gt_cy + radius) - y),
+    )
+    in_centre = in_centre > 0
+    valid = ((in_box | in_centre) & gt_mask[..., None]).any(dim=1)  # [B, N]
+
+    ious = pairwise_iou(inputs.pred_boxes.float(), gt_boxes)
+    iou_cost = -torch.log(ious + LOG_EPS)
+    # BCE summed over classes = its sum against all-zero targets, with the GT class's term swapped.
+    probs = inputs.cls_logits.float().sigmoid()
+    all_negative = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none").sum(dim=-1)  # [B, N]
+    gt_probs = inputs.gt_class_columns(probs)  # [B, G, N]
+    negative = F.binary_cross_entropy(gt_probs, torch.zeros_like(gt_probs), reduction="none")
+    positive = F.binary_cross_entropy(gt_probs, torch.ones_like(gt_probs), reduction="none")
+    cls_cost = all_negative[:, None, :] - negative + positive
+    cost = cls_cost * cls_weight + iou_cost * iou_weight + (~(in_box & in_centre)) * OUTSIDE_COST
+    return cost, ious, valid
+
+
+def simota(
+    inputs: AssignInputs,
+    *,
+    center_radius: float = 2.5,
+    candidate_topk: int = 10,
+    iou_weight: float = 3.0,
+    cls_weight: float = 1.0,
+) -> Assignment:
+    """SimOTA: :func:`simota_cost`, then dynamic-k matching over the valid priors
+    (:func:`~atssrepro.model.assigners.dynamic_k.dynamic_k_match` with ``candidate_topk``).
+
+    Priors that are not valid are negatives; there are no ignored priors. mmdetection feeds SimOTA
+    probabilities (YOLOX's are the square root of class x objectness); here they are the
+    sigmoid of ``cls_logits``.
+
+    Args:
+        inputs: the batch (:class:`AssignInputs`).
+        center_radius: half-side of the centre square, in strides (2.5).
+        candidate_topk: IoUs summed for each GT's dynamic k (10).
+        iou_weight, cls_weight: weights of the IoU and classification costs (3 and 1).
+
+    Returns:
+        :class:`Assignment` with ``matched`` [B, N] (GT index or BACKGROUND); no quality.
+    """
+    if inputs.gt_mask.shape[1] == 0 or inputs.priors.shape[0] == 0:
+        return all_background(inputs)
+    cost, ious, valid = simota_cost(inputs, center_radius=center_radius, iou_weight=iou_weight, cls_weight=cls_weight)
+    return Assignment(dynamic_k_match(cost, ious, valid, inputs.gt_mask, candidate_topk))
