@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -87,3 +89,8 @@ def test_equal_samples_do_not_break_the_fit():
     fitted, _ = fit_two_gaussians(values, torch.ones(1, 5, dtype=torch.bool))
     component, score = predict_and_score(fitted, values)
     assert torch.isfinite(score).all() and torch.isfinite(fitted.precisions_chol).all()
+
+
+def test_the_assigners_do_not_import_sklearn():
+    code = "import sys, atssrepro.model.assigners; sys.exit('sklearn' in sys.modules or 'scipy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
