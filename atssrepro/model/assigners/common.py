@@ -98,9 +98,8 @@ class AssignInputs:
         This is how the rules read a prior's score for a GT's class without a [B, N, G, C] tensor.
         """
         labels = torch.where(self.gt_mask, self.gt_labels, 0)
-        b, n = values.shape[:2]
-        gathered = values.gather(2, labels[:, None, :].expand(b, n, labels.shape[1]))  # [B, N, G]
-        return gathered.transpose(1, 2).contiguous()
+        by_class = values.transpose(1, 2).contiguous()  # [B, C, N]: then each GT copies a whole row
+        return by_class[torch.arange(len(labels), device=labels.device)[:, None], labels]
 
 
 @dataclass(frozen=True)
@@ -136,27 +135,32 @@ def pairwise_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, G, N] float.
     """
-    boxes = boxes.expand(gt_boxes.shape[0], -1, -1)[:, None]  # [B, 1, N, 4]
-    gts = gt_boxes[:, :, None]  # [B, G, 1, 4]
-    width = (torch.minimum(boxes[..., 2], gts[..., 2]) - torch.maximum(boxes[..., 0], gts[..., 0])).clamp(min=0)
-    height = (torch.minimum(boxes[..., 3], gts[..., 3]) - torch.maximum(boxes[..., 1], gts[..., 1])).clamp(min=0)
-    overlap = width * height
-    area_boxes = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    area_gts = (gts[..., 2] - gts[..., 0]) * (gts[..., 3] - gts[..., 1])
-    union = (area_boxes + area_gts - overlap).clamp(min=IOU_EPS)
-    return overlap / union
+    # Each coordinate contiguous ([B, 1, N] and [B, G, 1]) so that the [B, G, N] loops vectorise;
+    # in place on three [B, G, N] buffers: on the CPU, fresh large tensors cost more than arithmetic.
+    bx1, by1, bx2, by2 = (c.contiguous()[:, None] for c in boxes.expand(gt_boxes.shape[0], -1, -1).unbind(-1))
+    gx1, gy1, gx2, gy2 = (c[..., None] for c in gt_boxes.unbind(-1))
+    low = torch.maximum(bx1, gx1)
+    overlap = torch.minimum(bx2, gx2).sub_(low).clamp_(min=0)
+    torch.maximum(by1, gy1, out=low)
+    height = torch.minimum(by2, gy2).sub_(low).clamp_(min=0)
+    overlap.mul_(height)
+    area_boxes = (bx2 - bx1) * (by2 - by1)
+    area_gts = (gx2 - gx1) * (gy2 - gy1)
+    union = torch.add(area_boxes, area_gts, out=height).sub_(overlap).clamp_(min=IOU_EPS)
+    return overlap.div_(union)
 
 
-def inside_margins(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """The smallest of the (l, t, r, b) distances from each point to each box's sides.
+def strictly_inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Whether each point lies strictly inside each box: min(l, t, r, b) > 0, as x > x1, y > y1,
+    x < x2, y < y2 (the same test exactly: for floats, a - b > 0 if and only if a > b).
 
     Args:
         points: [N, 2] (x, y).
-        boxes: [B, G, 4] xyxy.
+        boxes: [B, G, 4] xyxy, or [B, G, N, 4]-broadcastable sides.
 
     Returns:
-        [B, G, N]: > 0 where the point lies strictly inside the box.
+        [B, G, N] bool.
     """
     x, y = points[:, 0], points[:, 1]
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
-    return torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y))
+    return (x > x1).logical_and_(y > y1).logical_and_(x < x2).logical_and_(y < y2)

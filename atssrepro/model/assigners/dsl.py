@@ -6,16 +6,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, inside_margins, pairwise_iou
+from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, pairwise_iou, strictly_inside
 from atssrepro.model.assigners.dynamic_k import dynamic_k_match
 
 LOG_EPS = 1e-7
 
 
-def _soft_bce(logits: torch.Tensor, soft_label: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits against a soft label, scaled by |soft label - sigmoid(logits)|^2 (elementwise)."""
-    scale = soft_label - logits.sigmoid()
-    return F.binary_cross_entropy_with_logits(logits, soft_label, reduction="none") * scale.abs().pow(2.0)
+def _soft_bce(logits: torch.Tensor, soft_labels: tuple[torch.Tensor | float, ...]) -> list[torch.Tensor]:
+    """BCE-with-logits against each soft label, scaled by |soft label - sigmoid(logits)|^2 (elementwise).
+
+    The BCE is formed as torch's ``binary_cross_entropy_with_logits`` forms it, (1 - label) x -
+    log sigmoid(x), which gives its values bit for bit without a full tensor of labels; the sigmoids
+    are shared by the labels.
+    """
+    prob, log_prob = logits.sigmoid(), F.logsigmoid(logits)
+    return [
+        torch.mul(logits, 1 - label).sub_(log_prob).mul_(torch.sub(prob, label).abs_().pow_(2.0))
+        for label in soft_labels
+    ]
 
 
 def dsl_cost(
@@ -34,22 +42,23 @@ def dsl_cost(
     """
     gt_boxes, gt_mask = inputs.gt_boxes.float(), inputs.gt_mask
     centres = inputs.centres
-    valid = ((inside_margins(centres, gt_boxes) > 0) & gt_mask[..., None]).any(dim=1)  # [B, N]
+    valid = (strictly_inside(centres, gt_boxes) & gt_mask[..., None]).any(dim=1)  # [B, N]
 
     gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0  # [B, G, 2]
-    dx = centres[:, 0] - gt_centres[..., 0, None]  # [B, G, N]
+    distance = centres[:, 0] - gt_centres[..., 0, None]  # [B, G, N]
     dy = centres[:, 1] - gt_centres[..., 1, None]
-    distance = (dx * dx + dy * dy).sqrt() / inputs.strides.float()
-    soft_center_prior = torch.pow(10, distance - soft_center_radius)
+    distance.mul_(distance).add_(dy.mul_(dy)).sqrt_().div_(inputs.strides.float()).sub_(soft_center_radius)
+    soft_center_prior = torch.pow(10, distance, out=distance)
+    del dy
 
     ious = pairwise_iou(inputs.pred_boxes.float(), gt_boxes)
-    iou_cost = -torch.log(ious + LOG_EPS) * iou_weight
+    cost = torch.add(ious, LOG_EPS).log_().neg_().mul_(iou_weight)
     # Summed over classes: the sum against all-zero soft labels, with the GT class's term swapped.
     logits = inputs.cls_logits.float()
-    all_zero = _soft_bce(logits, torch.zeros_like(logits)).sum(dim=-1)  # [B, N]
-    gt_logits = inputs.gt_class_columns(logits)  # [B, G, N]
-    cls_cost = all_zero[:, None, :] - _soft_bce(gt_logits, torch.zeros_like(gt_logits)) + _soft_bce(gt_logits, ious)
-    return cls_cost + iou_cost + soft_center_prior, ious, valid
+    (all_zero,) = _soft_bce(logits, (0.0,))
+    as_zero, as_iou = _soft_bce(inputs.gt_class_columns(logits), (0.0, ious))  # [B, G, N]
+    cost.add_(as_iou.sub_(as_zero).add_(all_zero.sum(dim=-1)[:, None, :]))
+    return cost.add_(soft_center_prior), ious, valid
 
 
 def dsl(

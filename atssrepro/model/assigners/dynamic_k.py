@@ -39,16 +39,19 @@ def dynamic_k_match(
     Returns:
         [B, N] int64: GT index or BACKGROUND.
     """
-    num_priors = cost.shape[-1]
-    cost = cost.masked_fill(~valid[:, None, :] | ~gt_mask[..., None], float("inf"))
+    batch, num_gt, num_priors = cost.shape
+    cost = cost.masked_fill(~valid[:, None, :], float("inf")).masked_fill_(~gt_mask[..., None], float("inf"))
     k = dynamic_ks(ious, valid, topk)  # [B, G]
     order = cost.topk(min(topk, num_priors), dim=-1, largest=False).indices  # [B, G, K], lowest cost first
     take = torch.arange(order.shape[-1], device=cost.device) < k[..., None]
     take &= valid.gather(1, order.flatten(1)).view_as(order) & gt_mask[..., None]
-    taken = torch.zeros_like(cost, dtype=torch.bool).scatter_(-1, order, take)  # [B, G, N]
 
-    times_taken = taken.sum(dim=1)  # [B, N]
-    only_gt = taken.to(torch.uint8).argmax(dim=1)
-    cheapest_gt = cost.argmin(dim=1)
-    matched = torch.where(times_taken > 1, cheapest_gt, only_gt)
+    # Over the (image, GT, rank) selections: how many GTs took each prior, and which (if one did).
+    flat_prior = (torch.arange(batch, device=cost.device)[:, None, None] * num_priors + order).flatten()
+    times_taken = torch.zeros(batch * num_priors, dtype=torch.long, device=cost.device)
+    times_taken = times_taken.scatter_add_(0, flat_prior, take.flatten().long()).view(batch, num_priors)
+    gt_index = torch.arange(num_gt, device=cost.device)[None, :, None].expand_as(order)
+    only_gt = torch.full((batch * num_priors,), -1, dtype=torch.long, device=cost.device)
+    only_gt = only_gt.scatter_reduce_(0, flat_prior, torch.where(take, gt_index, -1).flatten(), "amax")
+    matched = torch.where(times_taken > 1, cost.argmin(dim=1), only_gt.view(batch, num_priors))
     return torch.where(times_taken > 0, matched, BACKGROUND)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, inside_margins, pairwise_iou
+from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, pairwise_iou, strictly_inside
 from atssrepro.model.assigners.dynamic_k import dynamic_k_match
 
 OUTSIDE_COST = 100000.0
@@ -29,30 +28,29 @@ def simota_cost(
     """
     gt_boxes, gt_mask = inputs.gt_boxes.float(), inputs.gt_mask
     centres, strides = inputs.centres, inputs.strides.float()
-    in_box = inside_margins(centres, gt_boxes) > 0  # [B, G, N]
-
-    # The centre square's sides are formed as in the reference, so a centre on a side falls alike.
-    gt_cx = ((gt_boxes[..., 0] + gt_boxes[..., 2]) / 2.0)[..., None]
-    gt_cy = ((gt_boxes[..., 1] + gt_boxes[..., 3]) / 2.0)[..., None]
+    in_box = strictly_inside(centres, gt_boxes)  # [B, G, N]
+    # The centre square (GT centre +- radius x stride) of each level, its sides as the reference forms them.
     radius = center_radius * strides
-    x, y = centres[:, 0], centres[:, 1]
-    in_centre = torch.minimum(
-        torch.minimum(x - (gt_cx - radius), y - (gt_cy - radius)),
-        torch.minimum((gt_cx + radius) - x, (gt_cy + radius) - y),
-    )
-    in_centre = in_centre > 0
+    gt_centres = ((gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0).repeat(1, 1, 2)  # [B, G, 4]
+    in_centre, start = [], 0
+    for count in (c for c in inputs.num_per_level if c > 0):
+        offset = radius[start] * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=radius.device)
+        in_centre.append(strictly_inside(centres[start : start + count], gt_centres + offset))
+        start += count
+    in_centre = torch.cat(in_centre, dim=-1)
     valid = ((in_box | in_centre) & gt_mask[..., None]).any(dim=1)  # [B, N]
+    outside = ~in_box.logical_and_(in_centre)
 
     ious = pairwise_iou(inputs.pred_boxes.float(), gt_boxes)
-    iou_cost = -torch.log(ious + LOG_EPS)
-    # BCE summed over classes = its sum against all-zero targets, with the GT class's term swapped.
+    cost = torch.add(ious, LOG_EPS).log_().neg_().mul_(iou_weight)
+    # BCE summed over classes = its sum against all-zero targets, with the GT class's term swapped:
+    # -log(1 - p) over all classes, + log(1 - p) - log(p) of the GT class; logs floored at -100.
     probs = inputs.cls_logits.float().sigmoid()
-    all_negative = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none").sum(dim=-1)  # [B, N]
+    all_negative = probs.neg().log1p_().clamp_(min=-100).sum(dim=-1).neg_()  # [B, N]
     gt_probs = inputs.gt_class_columns(probs)  # [B, G, N]
-    negative = F.binary_cross_entropy(gt_probs, torch.zeros_like(gt_probs), reduction="none")
-    positive = F.binary_cross_entropy(gt_probs, torch.ones_like(gt_probs), reduction="none")
-    cls_cost = all_negative[:, None, :] - negative + positive
-    cost = cls_cost * cls_weight + iou_cost * iou_weight + (~(in_box & in_centre)) * OUTSIDE_COST
+    cls_cost = gt_probs.log().clamp_(min=-100)
+    cls_cost.sub_(gt_probs.neg_().log1p_().clamp_(min=-100)).neg_().add_(all_negative[:, None, :])
+    cost.add_(cls_cost.mul_(cls_weight)).add_(outside, alpha=OUTSIDE_COST)  # + exactly 1e5 or 0
     return cost, ious, valid
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from atssrepro.model.assign import BACKGROUND, CENTRE_EPS
-from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, inside_margins, pairwise_iou
+from atssrepro.model.assign import BACKGROUND, CENTRE_EPS, centres_inside
+from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, pairwise_iou
 
 QUALITY_EPS = 1e-7
 """TOOD's ``10e-8`` under the largest alignment metric of a GT when normalising it."""
@@ -19,8 +19,8 @@ def alignment_metric(inputs: AssignInputs, alpha: float = 1.0, beta: float = 6.0
         metric [B, G, N] and IoU [B, G, N], float.
     """
     ious = pairwise_iou(inputs.pred_boxes.float(), inputs.gt_boxes.float())
-    scores = inputs.gt_class_columns(inputs.cls_logits.float().sigmoid())
-    return scores**alpha * ious**beta, ious
+    scores = inputs.gt_class_columns(inputs.cls_logits.float()).sigmoid_()
+    return ious.pow(beta).mul_(scores.pow_(alpha)), ious
 
 
 def tal(inputs: AssignInputs, *, topk: int = 13, alpha: float = 1.0, beta: float = 6.0) -> Assignment:
@@ -52,22 +52,32 @@ def tal(inputs: AssignInputs, *, topk: int = 13, alpha: float = 1.0, beta: float
 
     metric, ious = alignment_metric(inputs, alpha, beta)  # [B, G, N]
     candidates = metric.topk(min(topk, num_priors), dim=-1).indices  # [B, G, k]
+    candidate_iou = ious.gather(-1, candidates)
     is_positive = metric.gather(-1, candidates) > 0
-    margins = inside_margins(inputs.centres, inputs.gt_boxes.float())
-    is_positive &= margins.gather(-1, candidates) > CENTRE_EPS
+    is_positive &= centres_inside(inputs.centres[candidates], inputs.gt_boxes.float()[:, :, None], CENTRE_EPS)
     is_positive &= gt_mask[..., None]
-    positive = torch.zeros_like(metric, dtype=torch.bool).scatter_(-1, candidates, is_positive)
 
-    best_iou, best_gt = ious.masked_fill(~positive, float("-inf")).max(dim=1)  # [B, N], first index on ties
-    is_matched = best_iou > float("-inf")
-    matched = torch.where(is_matched, best_gt, BACKGROUND)
+    # A prior positive for several GTs: the highest IoU wins, then the lowest GT index (the reference's
+    # max over GTs). Over the (image, GT, candidate) triples, so nothing waits for the device.
+    device = metric.device
+    image = torch.arange(batch, device=device)[:, None, None]
+    flat_prior = (image * num_priors + candidates).flatten()
+    iou_if_positive = candidate_iou.masked_fill(~is_positive, float("-inf")).flatten()
+    best_iou = torch.full((batch * num_priors,), float("-inf"), device=device)
+    best_iou = best_iou.scatter_reduce(0, flat_prior, iou_if_positive, "amax")
+    wins = is_positive.flatten() & (iou_if_positive == best_iou[flat_prior])
+    gt_index = torch.arange(num_gt, device=device)[None, :, None].expand_as(candidates).flatten()
+    chosen = torch.full((batch * num_priors,), num_gt, dtype=torch.long, device=device)
+    chosen = chosen.scatter_reduce(0, flat_prior, torch.where(wins, gt_index, num_gt), "amin").view(batch, num_priors)
+    is_matched = chosen < num_gt
+    matched = torch.where(is_matched, chosen, BACKGROUND)
 
-    # Normalise per GT over its positives: flat group index image * G + GT; negatives go to a dump group.
-    image = torch.arange(batch, device=best_gt.device)[:, None]
-    group = torch.where(is_matched, image * num_gt + best_gt, batch * num_gt)
+    # Soft targets, normalised per GT over its positives: group image * G + GT; negatives in a dump group.
+    best_gt = chosen.clamp(max=num_gt - 1)
     own_metric = metric.gather(1, best_gt[:, None]).squeeze(1)  # [B, N]
-    own_iou = torch.where(is_matched, best_iou, 0.0)
-    largest = torch.zeros(batch * num_gt + 1, 2, device=metric.device)
+    own_iou = torch.where(is_matched, best_iou.view(batch, num_priors), 0.0)
+    group = torch.where(is_matched, image[:, :, 0] * num_gt + best_gt, batch * num_gt)
+    largest = torch.zeros(batch * num_gt + 1, 2, device=device)
     values = torch.stack([own_metric, own_iou], dim=-1).flatten(0, 1)
     largest = largest.scatter_reduce(0, group.flatten()[:, None].expand(-1, 2), values, "amax", include_self=False)
     per_prior = largest[group]  # [B, N, 2]
