@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from atssrepro.model.assign import BACKGROUND, CENTRE_EPS, centres_inside
+from atssrepro.model.assign import CENTRE_EPS, centres_inside, highest_iou_wins
 from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background, pairwise_iou
 
 QUALITY_EPS = 1e-7
@@ -57,28 +57,17 @@ def tal(inputs: AssignInputs, *, topk: int = 13, alpha: float = 1.0, beta: float
     is_positive &= centres_inside(inputs.centres[candidates], inputs.gt_boxes.float()[:, :, None], CENTRE_EPS)
     is_positive &= gt_mask[..., None]
 
-    # A prior positive for several GTs: the highest IoU wins, then the lowest GT index (the reference's
-    # max over GTs). Over the (image, GT, candidate) triples, so nothing waits for the device.
-    device = metric.device
-    image = torch.arange(batch, device=device)[:, None, None]
-    flat_prior = (image * num_priors + candidates).flatten()
-    iou_if_positive = candidate_iou.masked_fill(~is_positive, float("-inf")).flatten()
-    best_iou = torch.full((batch * num_priors,), float("-inf"), device=device)
-    best_iou = best_iou.scatter_reduce(0, flat_prior, iou_if_positive, "amax")
-    wins = is_positive.flatten() & (iou_if_positive == best_iou[flat_prior])
-    gt_index = torch.arange(num_gt, device=device)[None, :, None].expand_as(candidates).flatten()
-    chosen = torch.full((batch * num_priors,), num_gt, dtype=torch.long, device=device)
-    chosen = chosen.scatter_reduce(0, flat_prior, torch.where(wins, gt_index, num_gt), "amin").view(batch, num_priors)
-    is_matched = chosen < num_gt
-    matched = torch.where(is_matched, chosen, BACKGROUND)
+    # A prior positive for several GTs: the highest IoU wins, then the lowest GT index (the reference's max over GTs).
+    matched = highest_iou_wins(candidates, candidate_iou, is_positive, num_priors)
+    is_matched = matched >= 0
 
     # Soft targets, normalised per GT over its positives: group image * G + GT; negatives in a dump group.
-    best_gt = chosen.clamp(max=num_gt - 1)
-    own_metric = metric.gather(1, best_gt[:, None]).squeeze(1)  # [B, N]
-    own_iou = torch.where(is_matched, best_iou.view(batch, num_priors), 0.0)
-    group = torch.where(is_matched, image[:, :, 0] * num_gt + best_gt, batch * num_gt)
-    largest = torch.zeros(batch * num_gt + 1, 2, device=device)
-    values = torch.stack([own_metric, own_iou], dim=-1).flatten(0, 1)
+    best_gt = matched.clamp(min=0)[:, None]
+    own_metric, own_iou = metric.gather(1, best_gt).squeeze(1), ious.gather(1, best_gt).squeeze(1)  # [B, N]
+    image = torch.arange(batch, device=metric.device)[:, None]
+    group = torch.where(is_matched, image * num_gt + best_gt[:, 0], batch * num_gt)
+    largest = torch.zeros(batch * num_gt + 1, 2, device=metric.device)
+    values = torch.stack([own_metric, torch.where(is_matched, own_iou, 0.0)], dim=-1).flatten(0, 1)
     largest = largest.scatter_reduce(0, group.flatten()[:, None].expand(-1, 2), values, "amax", include_self=False)
     per_prior = largest[group]  # [B, N, 2]
     quality = own_metric / (per_prior[..., 0] + QUALITY_EPS) * per_prior[..., 1]
