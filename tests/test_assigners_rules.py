@@ -112,6 +112,17 @@ def test_conflict_goes_to_the_cheapest_gt_of_all_even_one_that_did_not_take_the_
     ]
 
 
+def test_equal_costs_go_to_the_lowest_prior_index():
+    # One GT, k = 1 (IoUs sum to 0.4); priors 1 and 3 tie at the lowest cost (as penalised costs
+    # 1e5 + c often do in float32): the reference's top-1 keeps the first, prior 1.
+    cost = torch.tensor([[[100025.5625, 100025.5625, 100027.0, 100025.5625]]])
+    cost[0, 0, 0] = 100030.0
+    ious, valid = torch.full((1, 1, 4), 0.1), torch.ones(1, 4, dtype=torch.bool)
+    assert dynamic_k_match(cost, ious, valid, torch.ones(1, 1, dtype=torch.bool), 10).tolist() == [
+        [BACKGROUND, 0, BACKGROUND, BACKGROUND]
+    ]
+
+
 # ---- SimOTA ----
 
 

@@ -24,7 +24,8 @@ def dynamic_ks(ious: torch.Tensor, valid: torch.Tensor, topk: int) -> torch.Tens
 def dynamic_k_match(
     cost: torch.Tensor, ious: torch.Tensor, valid: torch.Tensor, gt_mask: torch.Tensor, topk: int
 ) -> torch.Tensor:
-    """Each GT takes its k (:func:`dynamic_ks`) valid priors of lowest cost; then a prior taken by
+    """Each GT takes its k (:func:`dynamic_ks`) valid priors of lowest cost (the lowest prior index
+    first among equal costs); then a prior taken by
     several GTs goes to the GT of lowest cost among *all* GTs of its image (the lowest index on a
     tie), whether or not that GT took it, as the reference does.
 
@@ -42,7 +43,12 @@ def dynamic_k_match(
     batch, num_gt, num_priors = cost.shape
     cost = cost.masked_fill(~valid[:, None, :], float("inf")).masked_fill_(~gt_mask[..., None], float("inf"))
     k = dynamic_ks(ious, valid, topk)  # [B, G]
-    order = cost.topk(min(topk, num_priors), dim=-1, largest=False).indices  # [B, G, K], lowest cost first
+    lowest = cost.topk(min(topk, num_priors), dim=-1, largest=False)  # [B, G, K], lowest cost first
+    # Among equal costs the lowest prior index first: the reference's choice when it takes one prior
+    # (its top-1 keeps the first minimum), and one rule on every device. Equal costs are common
+    # among penalised candidates: 1e5 + cost in float32 has steps of 1/128.
+    by_index, permutation = lowest.indices.sort(dim=-1)
+    order = by_index.gather(-1, lowest.values.gather(-1, permutation).argsort(dim=-1, stable=True))
     take = torch.arange(order.shape[-1], device=cost.device) < k[..., None]
     take &= valid.gather(1, order.flatten(1)).view_as(order) & gt_mask[..., None]
 

@@ -128,6 +128,12 @@ def paa_reassign(
     log-likelihood and those before it in score order are positives. Every other first-pass
     positive becomes negative; the ignored priors stay ignored.
 
+    From mmdetection's ``paa_reassign(pos_losses, label, label_weight, bbox_weight, pos_inds,
+    pos_gt_inds, anchors)`` of one image: ``first_pass[0, pos_inds] = pos_gt_inds``, IGNORE where
+    ``label_weight`` is 0, BACKGROUND elsewhere; ``scores[0, pos_inds] = pos_losses``;
+    ``num_per_level`` the sizes of ``anchors``. Its positives after reassignment are the priors where
+    the result is >= 0.
+
     Args:
         first_pass: [B, N] int64 from :func:`paa_first_pass` (GT index, BACKGROUND or IGNORE).
         scores: [B, N] float: each prior's anchor score (:func:`paa_anchor_scores`), read where
