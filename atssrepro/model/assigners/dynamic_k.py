@@ -25,9 +25,9 @@ def dynamic_k_match(
     cost: torch.Tensor, ious: torch.Tensor, valid: torch.Tensor, gt_mask: torch.Tensor, topk: int
 ) -> torch.Tensor:
     """Each GT takes its k (:func:`dynamic_ks`) valid priors of lowest cost (the lowest prior index
-    first among equal costs); then a prior taken by
-    several GTs goes to the GT of lowest cost among *all* GTs of its image (the lowest index on a
-    tie), whether or not that GT took it, as the reference does.
+    first among equal costs); then a prior taken by several GTs goes to the GT of lowest cost among
+    *all* GTs of its image (the lowest index on a tie), whether or not that GT took it, as the
+    reference does.
 
     Args:
         cost: [B, G, N] float; any value where a prior is not valid or a GT is padding.

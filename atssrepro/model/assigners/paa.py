@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -152,8 +153,9 @@ def paa_reassign(
     if num_gt == 0 or num_priors == 0:
         return first_pass.clone()
     scores = scores.float().masked_fill(~positive, float("inf"))
-    counts = torch.tensor(list(num_per_level), device=device)
-    level = torch.repeat_interleave(torch.arange(num_levels, device=device), counts)
+    index, level = torch.arange(num_priors, device=device), torch.zeros(num_priors, dtype=torch.long, device=device)
+    for boundary in itertools.accumulate(num_per_level[:-1]):
+        level += index >= boundary  # [N] level of each prior, without a host tensor on the device
     no_group = num_gt * num_levels
     order, rank = _group_ranks(torch.where(positive, first_pass * num_levels + level, no_group), scores)
     kept = (rank < topk) & positive.gather(1, order)

@@ -34,7 +34,8 @@ def simota_cost(
     gt_centres = ((gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0).repeat(1, 1, 2)  # [B, G, 4]
     in_centre, start = [], 0
     for count in (c for c in inputs.num_per_level if c > 0):
-        offset = radius[start] * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=radius.device)
+        level_radius = radius[start]  # device arithmetic only: no host tensor reaches the device
+        offset = torch.stack([-level_radius, -level_radius, level_radius, level_radius])
         in_centre.append(strictly_inside(centres[start : start + count], gt_centres + offset))
         start += count
     in_centre = torch.cat(in_centre, dim=-1)
