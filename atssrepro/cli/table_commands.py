@@ -173,20 +173,23 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
 
 @app.command("list")
 def list_tables(
+    tables: list[str] | None = TablesArgument,
     results: Path = ResultsOption,
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
-    """The tables, their rows and how many of their runs are done."""
+    """The tables (by default every spec: the paper's, then zoo and assigners), their rows and how many of
+    their runs are done."""
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
+    from atssrepro.harness.specs import available_specs
     from atssrepro.harness.store import Store
 
     store = Store(results)
     chosen = cfg.preset_named(preset)
     table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
-    for spec in load_specs(None):
+    for spec in load_specs(tables or available_specs()):
         runs = plan([spec], chosen, (), seeds, data)
         done = sum(store.state(r.run_id) is RunState.DONE for r in runs)
         table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
@@ -214,12 +217,22 @@ def show(
         run_ids = [] if row.reference_only else [
             row_run_id(row, resolve_row(spec, row, chosen, seed, data)) for seed in row_seeds(row, seeds)
         ]  # fmt: skip
-        published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
+        published = [f"{row.published[m]:.1f}" if m in row.published else _context(row, m) for m in spec.metrics]
         lines = assignments(row.config) + (["+ tta"] if row.tta else [])
         config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
         config = "(reference)" if row.reference_only else config or "(base)"
         table.add_row(row.id, row.label, config, "\n".join(run_ids), *published)
     stdout.print(table)
+    contexts = [f"{row.id}: {row.context_source}" for row in spec.rows if row.context]
+    if contexts:
+        sources = "; ".join(f"{key} = {text}" for key, text in spec.sources.items())
+        text = f"(n): context, reported for another recipe, never judged. {'; '.join(contexts)}. Sources: {sources}"
+        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _context(row, metric: str) -> str:
+    """A row's context number for ``metric`` in parentheses (``show``), or "-"."""
+    return f"({row.context[metric]:.1f})" if metric in row.context else "-"
 
 
 @app.command()
