@@ -46,7 +46,10 @@ def assign(
     gt_boxes: torch.Tensor,
     gt_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Run the assigner that ``config.strategy`` names; arguments and result as in :func:`atss`."""
+    """Run the static assigner that ``config.strategy`` names; arguments and result as in :func:`atss`.
+    A prediction-aware strategy (it reads the predictions) is refused: ``OneStageDetector.assignment`` runs it."""
+    if config.strategy not in ("atss", "iou", "ssc", "center_sampling"):
+        raise ValueError(f"{config.strategy!r} is not a static assignment strategy: it needs the predictions")
     if config.strategy == "atss":
         return atss(anchors, num_per_level, anchors_per_location, gt_boxes, gt_mask, config.topk)
     if config.strategy == "iou":
