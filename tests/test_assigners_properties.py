@@ -3,6 +3,8 @@ rules' own invariants (TAL centres inside, dynamic k range, Sinkhorn marginals).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from atssrepro.model.anchors import anchor_strides, feature_sizes, grid_anchors
 from atssrepro.model.assign import BACKGROUND, IGNORE, centres_inside
 from atssrepro.model.assigners import AssignInputs, dsl, ota, paa, simota, tal
 from atssrepro.model.assigners.dynamic_k import dynamic_ks
-from atssrepro.model.assigners.ota import sinkhorn
+from atssrepro.model.assigners.ota import ota_candidates, ota_cost, sinkhorn
 
 RULES = {"tal": tal, "simota": simota, "dsl": dsl, "ota": ota, "paa": paa}
 HEIGHT, WIDTH, CLASSES = 128, 160, 5
@@ -182,3 +184,30 @@ def test_no_gt_and_no_prior_give_empty_results(name):
         torch.zeros(1, dtype=torch.long),
     )
     assert RULES[name](none).matched.shape == (1, 0)
+
+
+def _dense_ota(inputs: AssignInputs) -> torch.Tensor:
+    """OTA over every (GT, prior) entry: ota_cost, the dense sinkhorn and the argmax, as the reference."""
+    cost, background, ious, candidate = ota_cost(inputs)
+    mask, n = inputs.gt_mask, len(inputs.priors)
+    top = (ious * candidate.float()).topk(min(20, n), dim=-1).values
+    supply = torch.where(mask, top.sum(dim=-1).int().clamp(min=1).float(), 0.0)
+    supply = torch.cat([supply, (n - supply.sum(dim=1))[:, None]], dim=1)
+    rows = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+    plan = sinkhorn(torch.cat([cost, background[:, None]], dim=1), supply, torch.ones_like(background), rows)
+    supplier = torch.where(rows[..., None], plan / plan.amax(dim=-1, keepdim=True), -1.0).argmax(dim=1)
+    return torch.where(supplier < mask.shape[1], supplier, BACKGROUND)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ota_on_its_pairs_equals_the_dense_transport(seed):
+    """ota() runs the transport on the candidate pairs only (and a candidate-less GT's whole row): the
+    same assignment as over every entry, here with tiny GTs (some without a candidate) and duplicates."""
+    batch, _ = padded_batch(seed, [6, 0, 11])
+    g = torch.Generator().manual_seed(seed)
+    boxes = batch.gt_boxes.clone()
+    boxes[:, :3, 2:] = boxes[:, :3, :2] + torch.rand(3, 3, 2, generator=g) * 6  # smaller than a stride
+    boxes[:, 5] = boxes[:, 4]  # a duplicate GT: equal plans, the lower index wins
+    batch = dataclasses.replace(batch, gt_boxes=boxes)
+    assert (batch.gt_mask & ~ota_candidates(batch).any(dim=-1)).any(), "no GT without a candidate"
+    assert torch.equal(ota(batch).matched, _dense_ota(batch))
