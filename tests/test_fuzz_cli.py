@@ -239,7 +239,25 @@ def set_cases() -> list[Case]:
         Case(["config", "--set", "model.head.channels=48"], "model.head.channels"),
         Case(["config", "--set", "model.assign.scale_ranges=[0, 64, 128, 256, 512]"], "scale_ranges"),
         Case(["config", "--set", "train.momentum=2"], "train.momentum"),
-    ]
+        # the prediction-aware strategies' sections: out-of-range values, and a section of another strategy
+        Case(["config", "--set", "model.assign.strategy=tal", "--set", "model.assign.tal.topk=0"],
+             "model.assign.tal.topk"),
+        Case(["config", "--set", "model.assign.simota.iou_weight=-1"], "model.assign.simota.iou_weight"),
+        Case(["config", "--set", "model.assign.ota.sinkhorn_eps=-0.1"], "model.assign.ota.sinkhorn_eps"),
+        Case(["config", "--set", "model.assign.ota.sinkhorn_eps=0"], "model.assign.ota.sinkhorn_eps"),
+        Case(["config", "--set", "model.assign.simota.center_radius=0"], "model.assign.simota.center_radius"),
+        Case(["config", "--set", "model.assign.dsl.soft_center_radius=-3"], "model.assign.dsl.soft_center_radius"),
+        Case(["config", "--set", "model.assign.ota.sinkhorn_iterations=0"], "model.assign.ota.sinkhorn_iterations"),
+        Case(["config", "--set", "model.assign.tal.warmup_iters=-1"], "model.assign.tal.warmup_iters"),
+        Case(["config", "--set", "model.assign.tal.topk=5"],
+             "model.assign.tal.topk = 5 is set but model.assign.strategy"),
+        Case(["config", "--set", "model.assign.strategy=simota", "--set", "model.assign.ota.top_candidates=10"],
+             "model.assign.ota.top_candidates"),
+        Case(["config", "--set", "model.assign.strategy=ota", "--set", "model.assign.tal.soft_targets=true"],
+             "model.assign.tal.soft_targets"),
+        Case(["config", "--set", "model.assign.strategy=paa", "--set", "model.assign.paa.neg_iou=0.3"],
+             "model.assign.paa.neg_iou"),
+    ]  # fmt: skip
     return cases
 
 
@@ -299,6 +317,8 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         "train.base_lr = inf": "[train]\nbase_lr = inf\n",
         "model.assign is a section": "[model]\nassign = 3\n",
         "data.flip_prob = 2": "[data]\nflip_prob = 2\n",
+        "model.assign.dsl.topk = 0": "[model.assign]\nstrategy = 'dsl'\n[model.assign.dsl]\ntopk = 0\n",
+        "model.assign.dsl.topk = 5 is set": "[model.assign.dsl]\ntopk = 5\n",
     }
     for i, (culprit, text) in enumerate(configs.items()):
         cases.append(Case(["config", "--config", str(write(f"config{i}.toml", text))], culprit))
@@ -320,6 +340,7 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         "checked": "checked = [1, 2]",
         "grid": "grid = ['a']",
         "tta": "tta = 'yes'",
+        "model.assign.ota.reg_weight = -1.5": "config = { model.assign = { strategy = 'ota', ota.reg_weight = -1.5 } }",
     }
     for i, (culprit, line) in enumerate(specs.items()):
         text = f'title = "T"\ncaption = "c"\nmetrics = ["AP"]\n[[rows]]\nid = "a"\nlabel = "A"\n{line}\n'
@@ -386,6 +407,9 @@ def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
         ["config", "--set", "data.train_short_side=[640, 800]", "--set", "model.assign.topk=1"],
         ["config", "--set", "model.assign.negative_iou=0.5", "--set", "model.assign.positive_iou=0.5"],
         ["config", "--set", "train.momentum=0", "--set", "model.loss.focal_gamma=0"],
+        ["config", "--set", "model.assign.strategy=tal", "--set", "model.assign.tal.warmup_iters=29316"],
+        ["config", "--set", "model.assign.strategy=tal", "--set", "model.assign.tal.soft_targets=true"],
+        ["config", "--set", "model.assign.strategy=ota", "--set", "model.assign.ota.sinkhorn_iterations=1"],
         ["eval", "--detections", str(world["dets"]), "--ann", str(world["ann"]), "--json"],
         ["show", "table3"],
         ["run", "table3", "--dry-run", "--results", str(root / "results")],

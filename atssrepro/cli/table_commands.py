@@ -229,12 +229,14 @@ def hint_other_settings(store: Store, run_ids: list[str]) -> None:
 
 @app.command("list")
 def list_tables(
+    tables: list[str] | None = TablesArgument,
     results: Path = ResultsOption,
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
-    """The tables (the paper's, then zoo: the official models), their rows and how many of their runs are done."""
+    """The tables (by default every spec: the paper's, then zoo (the official models) and assigners), their rows
+    and how many of their runs are done."""
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
     from atssrepro.harness.specs import available_specs
@@ -244,7 +246,7 @@ def list_tables(
     chosen = cfg.preset_named(preset)
     table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
     planned = []
-    for spec in load_specs(available_specs()):
+    for spec in load_specs(tables or available_specs()):
         if chosen.overrides and any(row.evaluation_only for row in spec.rows):
             # zoo evaluates the official checkpoints as they are: under --preset paper only.
             table.add_row(spec.name, spec.caption, str(len(spec.rows)), "-", f"- (--preset {cfg.PAPER.name} only)")
@@ -259,7 +261,7 @@ def list_tables(
 
 @app.command()
 def show(
-    table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8 or zoo."),
+    table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8, zoo or assigners."),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
@@ -278,12 +280,22 @@ def show(
         run_ids = [] if row.reference_only else [
             row_run_id(row, resolve_row(spec, row, chosen, seed, data)) for seed in row_seeds(row, seeds)
         ]  # fmt: skip
-        published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
+        published = [f"{row.published[m]:.1f}" if m in row.published else _context(row, m) for m in spec.metrics]
         lines = assignments(row.config) + (["+ tta"] if row.tta else [])
         config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
         config = "(reference)" if row.reference_only else config or "(base)"
         table.add_row(row.id, row.label, config, "\n".join(run_ids), *published)
     stdout.print(table)
+    contexts = [f"{row.id}: {row.context_source}" for row in spec.rows if row.context]
+    if contexts:
+        sources = "; ".join(f"{key} = {text}" for key, text in spec.sources.items())
+        text = f"(n): context, reported for another recipe, never judged. {'; '.join(contexts)}. Sources: {sources}"
+        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _context(row, metric: str) -> str:
+    """A row's context number for ``metric`` in parentheses (``show``), or "-"."""
+    return f"({row.context[metric]:.1f})" if metric in row.context else "-"
 
 
 @app.command()

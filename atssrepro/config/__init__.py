@@ -17,16 +17,22 @@ from atssrepro.config.layers import (
 )
 from atssrepro.config.presets import DEMO, PAPER, PRESETS, SMOKE, Preset, as_preset, preset_named
 from atssrepro.config.sections import (
+    PREDICTION_AWARE,
     AnchorConfig,
     AssignConfig,
     BackboneConfig,
     Config,
     DataConfig,
+    DslConfig,
     EvalConfig,
     HeadConfig,
     InferenceConfig,
     LossConfig,
     ModelConfig,
+    OtaConfig,
+    PaaConfig,
+    SimOtaConfig,
+    TalConfig,
     TrainConfig,
     batch_split_problem,
     check_consistency,
@@ -43,4 +49,5 @@ __all__ = [
     "build_config", "builtin_configs", "check_consistency", "config_fields", "config_file", "config_id",
     "data_path", "from_dict", "load_toml", "load_toml_text", "parse_override", "preset_named",
     "resolve_config_source", "rule_of", "to_dict", "to_toml", "with_data_root",
+    "PREDICTION_AWARE", "DslConfig", "OtaConfig", "PaaConfig", "SimOtaConfig", "TalConfig",
 ]  # fmt: skip

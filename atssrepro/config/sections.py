@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from atssrepro import schema
-from atssrepro.config.ids import IdOmitted
+from atssrepro.config.ids import IdOmitted, IdOmittedAtDefault
 from atssrepro.errors import UserError
 from atssrepro.schema import ANY, NONEMPTY, Rule, between, nonempty, positive
 
@@ -94,10 +94,93 @@ class AnchorConfig:
 
 
 @dataclass(frozen=True)
+class TalConfig:
+    """TAL (TOOD): each GT's ``topk`` priors of largest s^alpha x u^beta, s the predicted probability of its
+    class, u the IoU of the predicted box (``model/assigners/tal.py``)."""
+
+    topk: Annotated[int, between(1, 1000)] = 13
+    """Candidates per GT over all levels together (13, mmdetection's TOOD config)."""
+    alpha: Annotated[float, between(0, 100)] = 1.0
+    """Exponent of the class score (1)."""
+    beta: Annotated[float, between(0, 100)] = 6.0
+    """Exponent of the IoU (6)."""
+    warmup_iters: Annotated[int, between(0, ITERATIONS_MAX)] = 0
+    """TOOD's recipe: assign with ATSS (``model.assign.topk``, 9 by default) for the first this many
+    iterations, then TAL; 0 is off (the controlled protocol). TOOD's ``initial_epoch = 4`` is 4 epochs of
+    COCO train2017 (117,266 images with a box) at batch 16: 29,316 iterations."""
+    soft_targets: bool = False
+    """TOOD's classification targets: a positive's target is its alignment metric normalised per GT (so
+    that the GT's largest equals the largest IoU of its positives), trained with the quality focal loss
+    (beta 2) in place of the focal loss; off is the controlled protocol (hard targets, focal loss)."""
+
+
+@dataclass(frozen=True)
+class SimOtaConfig:
+    """SimOTA (YOLOX), as mmdetection's ``SimOTAAssigner`` (``model/assigners/simota.py``)."""
+
+    center_radius: Annotated[float, positive()] = 2.5
+    """Half-side of the square around each GT centre, in strides, that also makes candidates (2.5)."""
+    candidate_topk: Annotated[int, between(1, 1000)] = 10
+    """IoUs summed for each GT's dynamic k (10)."""
+    iou_weight: Annotated[float, between(0, 100)] = 3.0
+    """Weight of the -log IoU cost (3)."""
+    cls_weight: Annotated[float, between(0, 100)] = 1.0
+    """Weight of the classification (BCE) cost (1)."""
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    """OTA, as its own code (``model/assigners/ota.py``): Sinkhorn optimal transport between GTs and priors."""
+
+    top_candidates: Annotated[int, between(1, 1000)] = 20
+    """IoUs summed for each GT's supply k (20)."""
+    reg_weight: Annotated[float, between(0, 100)] = 1.5
+    """Weight of the -log IoU cost (1.5)."""
+    sinkhorn_eps: Annotated[float, positive()] = 0.1
+    """Entropic regularisation of the transport (0.1)."""
+    sinkhorn_iterations: Annotated[int, between(1, 10_000)] = 50
+    """Sinkhorn iterations (50)."""
+    center_radius: Annotated[float, positive()] = 2.5
+    """Half-side of the centre square (clipped to the GT box) that candidates lie in, in strides (2.5)."""
+
+
+@dataclass(frozen=True)
+class DslConfig:
+    """DSL (RTMDet), as mmdetection's ``DynamicSoftLabelAssigner`` (``model/assigners/dsl.py``)."""
+
+    topk: Annotated[int, between(1, 1000)] = 13
+    """IoUs summed for each GT's dynamic k (13)."""
+    iou_weight: Annotated[float, between(0, 100)] = 3.0
+    """Weight of the -log IoU cost (3)."""
+    soft_center_radius: Annotated[float, positive()] = 3.0
+    """The soft centre prior 10^(distance / stride - this) (3)."""
+
+
+@dataclass(frozen=True)
+class PaaConfig:
+    """PAA, as mmdetection's ``PAAHead`` (``model/assigners/paa.py``); its anchor score's focal loss is
+    ``model.loss``'s (0.25, 2), its GIoU weight 1.3 (docs/semantics.md)."""
+
+    pos_iou: Annotated[float, PROBABILITY] = 0.1
+    """First pass: a prior whose best IoU is >= this is a candidate (0.1)."""
+    neg_iou: Annotated[float, PROBABILITY] = 0.1
+    """First pass: a prior whose best IoU is < this is negative; in between, ignored (0.1)."""
+    topk: Annotated[int, between(1, 1000)] = 9
+    """Candidates per GT and level, the lowest anchor scores (9)."""
+
+
+PREDICTION_AWARE = ("tal", "simota", "ota", "dsl", "paa")
+"""The strategies that read the network's predictions; each has a section of its own in ``model.assign``."""
+
+
+@dataclass(frozen=True)
 class AssignConfig:
-    strategy: Literal["atss", "iou", "ssc", "center_sampling"] = "atss"
+    strategy: Literal["atss", "iou", "ssc", "center_sampling", "tal", "simota", "ota", "dsl", "paa"] = "atss"
     """How positives are chosen: ATSS; RetinaNet's IoU thresholds; FCOS's spatial and scale
-    constraint; or FCOS's constraint restricted to a radius around the GT centre (Table 3 "lite")."""
+    constraint; or FCOS's constraint restricted to a radius around the GT centre (Table 3 "lite").
+    The prediction-aware assigners that followed ATSS (docs/assignment.md) read the detached predictions
+    every iteration: ``tal`` (TOOD), ``simota`` (YOLOX), ``ota``, ``dsl`` (RTMDet), ``paa``; each takes
+    its settings from its own section (``model.assign.tal.topk``, ...)."""
     topk: Annotated[int, between(1, 1000)] = 9
     """atss: candidates per pyramid level, multiplied by the anchors per location (k in Table 4, 3-19;
     at most 1000: more than the anchors of a level at any image size the paper uses)."""
@@ -113,6 +196,11 @@ class AssignConfig:
     """ssc, center_sampling: level l takes objects whose max(l, t, r, b) lies in [r_l, r_l+1]."""
     center_radius: Annotated[float, positive()] = 1.5
     """center_sampling: candidates lie within this many strides of the GT centre."""
+    tal: Annotated[TalConfig, IdOmittedAtDefault] = field(default_factory=TalConfig)
+    simota: Annotated[SimOtaConfig, IdOmittedAtDefault] = field(default_factory=SimOtaConfig)
+    ota: Annotated[OtaConfig, IdOmittedAtDefault] = field(default_factory=OtaConfig)
+    dsl: Annotated[DslConfig, IdOmittedAtDefault] = field(default_factory=DslConfig)
+    paa: Annotated[PaaConfig, IdOmittedAtDefault] = field(default_factory=PaaConfig)
 
 
 @dataclass(frozen=True)
@@ -260,8 +348,30 @@ def check_consistency(config: Config) -> None:
             f"model.assign.negative_iou = {m.assign.negative_iou} must be <= "
             f"model.assign.positive_iou = {m.assign.positive_iou}"
         )
+    problems += _strategy_section_problems(m.assign)
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
+
+
+def _strategy_section_problems(assign: AssignConfig) -> list[str]:
+    """A prediction-aware strategy's section changed while another strategy is selected (it would be
+    silently ignored), and PAA's thresholds out of order."""
+    problems = []
+    for name in PREDICTION_AWARE:
+        section, default = getattr(assign, name), schema.fields(AssignConfig)[name].default
+        changed = [f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)]
+        if changed and assign.strategy != name:
+            settings = ", ".join(f"model.assign.{name}.{key} = {getattr(section, key)!r}" for key in changed)
+            problems.append(
+                f"{settings} is set but model.assign.strategy = {assign.strategy!r}; "
+                f"set model.assign.strategy = {name!r} or leave model.assign.{name} at its defaults"
+            )
+    if assign.paa.neg_iou > assign.paa.pos_iou:
+        problems.append(
+            f"model.assign.paa.neg_iou = {assign.paa.neg_iou} must be <= "
+            f"model.assign.paa.pos_iou = {assign.paa.pos_iou}"
+        )
+    return problems
 
 
 def batch_split_problem(train: TrainConfig, processes: int) -> tuple[str, str] | None:
