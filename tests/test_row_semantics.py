@@ -137,7 +137,7 @@ def overrides(config: cfg.Config) -> list[str]:
         ("model.loss.regression=ltrb_giou", "needs model.regression = 'point'"),
         ("model.loss.normalizer=retinanet", "needs model.loss.regression = 'smooth_l1'"),
         ("train.pad_group=3", "train.pad_group = 3 must divide train.batch_size = 16"),
-        ("train.pad_group=0", "train.pad_group = 0 is not valid: must be >= 1"),
+        ("train.pad_group=0", r"train.pad_group = 0 is not valid: must be in \[1, 4096\]"),
     ],
 )
 def test_inconsistent_fields_are_refused(change: str, message: str) -> None:
