@@ -334,6 +334,17 @@ def test_seeds_needed_with_the_pooled_spread_by_hand():
     assert verdicts.seeds_needed(claim, sigma=2.0) is None  # more than 100 seeds a row
 
 
+def test_the_seeds_table_of_docs_claims_md_is_what_the_code_computes():
+    text = (REPO / "docs" / "claims.md").read_text(encoding="utf-8")
+    table = {
+        cells[0]: cells[3:]
+        for cells in re.findall(r"^\| (T\d-[a-z]+) \| (\w+) \| (\d) \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
+    }
+    assert list(table) == IDS
+    for claim_id, seeds in table.items():
+        assert [verdicts.seeds_needed(CLAIMS[claim_id], sigma) for sigma in (0.1, 0.2, 0.3)] == list(map(int, seeds))
+
+
 def test_plan_claims_costs_the_seeds_in_images_and_hours():
     claims = [CLAIMS["T1-gap"], CLAIMS["T4-large"]]
     images = {("table1", "scalar"): 1000, ("table1", "fcos"): 2000, ("table4", "k9"): 10, ("table4", "k19"): 10}
