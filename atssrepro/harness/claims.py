@@ -91,7 +91,8 @@ class ClaimSpec:
     @property
     def parts(self) -> tuple[Part, ...]:
         if self.kind == "flat":
-            return (Part(self.rows, self.metrics[0], self.band[1] - self.band[0]),)
+            # Rounded: 39.3 - 39.0 is 0.29999999999999716 in floats, and the width is compared with margins.
+            return (Part(self.rows, self.metrics[0], round(self.band[1] - self.band[0], 9)),)
         if len(self.metrics) > 1:
             return tuple(Part(self.steps[0], metric, d) for metric, d in zip(self.metrics, self.deltas))
         return tuple(Part(step, self.metrics[0], d) for step, d in zip(self.steps, self.deltas))

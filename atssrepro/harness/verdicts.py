@@ -169,8 +169,7 @@ def _within(intervals: Sequence[Interval], margin: float) -> str:
 
 def _combine(claim: ClaimSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """A claim of several parts: holds when all hold, fails when one fails, not run while a part is, else unresolved."""
-    verdicts = [part["verdict"] for part in parts]
-    counts = Counter(verdicts)
+    counts = Counter(part["verdict"] for part in parts)
     if "not judged" in counts:
         verdict, note = "not judged", parts[0]["note"]
     else:
@@ -196,7 +195,7 @@ def _margin(claim: ClaimSpec, part: Part) -> float:
 
 
 def _rows_text(claim: ClaimSpec, part: Part | None) -> str:
-    """ "a -> b" for a comparison, "a, b, c" for a sweep; for a whole claim its chain or its pairs."""
+    """The rows as text: "a -> b" for a comparison, "a, b, c" for a sweep, a whole claim's chain or pairs."""
     if claim.kind == "flat":
         return ", ".join(claim.rows)
     if part is not None:
@@ -208,14 +207,15 @@ def _rows_text(claim: ClaimSpec, part: Part | None) -> str:
 
 
 def claim_power(claim: ClaimSpec, seeds: int, sigma: float = DEFAULT_SIGMA) -> float:
-    """A lower bound on P(verdict "holds") with ``seeds`` seeds on every row, if runs have noise ``sigma``
-    and the paper's numbers are true (a flat sweep: its rows truly equal).
+    """P(verdict "holds") with ``seeds`` seeds on every row, if runs have noise ``sigma`` and the paper's
+    numbers are true (a flat sweep: its rows truly equal).
 
-    One seed: the interval uses sigma (df = inf) and the probability is exact. More: the pooled
-    standard deviation of the claim's rows, df = rows x (seeds - 1), through :func:`p_exceeds`. Each
-    part fails with probability 1 - P(holds), one side of an equal or flat interval at a time, and a
-    claim holds unless a part fails: 1 minus the sum of those probabilities (Bonferroni).
+    One seed: the interval uses sigma (df = inf), and each side's probability is exact. More: the
+    interval uses the pooled spread, df = rows x (seeds - 1), and :func:`p_exceeds` approximates it.
+    A claim holds unless a part, or one side of an equal or flat interval, misses: 1 minus the sum of
+    those probabilities, a lower bound (Bonferroni) that is exact for one gain or drop.
     """
+    sigma = check_noise(sigma)
     df = math.inf if seeds == 1 else len(claim.row_ids) * (seeds - 1)
     unit = sigma * math.sqrt(2 / seeds)  # the standard error of a difference of two rows' means
     miss = 0.0
@@ -309,7 +309,7 @@ def plot_claims(verdicts: pd.DataFrame, path: Path) -> Path:
         preset = f" [{line['preset']}]" if several_presets else ""
         labels.append(f"{line['claim']}{preset}: {_short(line['rows'])}{metric} - {line['verdict']}")
     axes.set_yticks(range(len(shown)), labels, fontsize=8)
-    axes.set_ylim(len(shown) - 0.5, -0.5)
+    axes.set_ylim(max(len(shown), 1) - 0.5, -0.5)
     axes.set_xlabel("difference B - A in percent points (flat: its widest pair)")
     axes.grid(axis="x", alpha=0.3)
     presets = "" if several_presets else f", preset {shown['preset'].iloc[0]}" if len(shown) else ""
