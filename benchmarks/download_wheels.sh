@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Download into .whl/ the wheels that benchmarks/gpu_check.py installs on the GPU machine, which has
 # no network and lacks these packages (its image has torch, numpy, cloudpickle, typing_extensions):
-# pycocotools, faster-coco-eval, submitit and tomli_w, at the versions of constraints.txt, for
-# CPython 3.12 on x86-64 manylinux. Run it on any machine that reaches PyPI; .whl/ is git-ignored.
+# pycocotools, faster-coco-eval, submitit, tomli_w, and tensorboard with the two packages its writer
+# imports (protobuf, absl-py), at the versions of constraints.txt, for CPython 3.12 on x86-64
+# manylinux. Run it on any machine that reaches PyPI; .whl/ is git-ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-pins=$(grep -E '^(pycocotools|faster-coco-eval|submitit|tomli_w)==' constraints.txt)
-if [ "$(echo "$pins" | wc -l)" -ne 4 ]; then
-    echo "download_wheels.sh: constraints.txt must pin pycocotools, faster-coco-eval, submitit and tomli_w" >&2
+pins=$(grep -E '^(pycocotools|faster-coco-eval|submitit|tomli_w|tensorboard|protobuf|absl-py)==' constraints.txt)
+if [ "$(echo "$pins" | wc -l)" -ne 7 ]; then
+    echo "download_wheels.sh: constraints.txt must pin pycocotools, faster-coco-eval, submitit, tomli_w," \
+        "tensorboard, protobuf and absl-py" >&2
     exit 1
 fi
 rm -rf .whl

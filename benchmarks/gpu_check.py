@@ -17,8 +17,9 @@ Steps, in the order they run (numbers are the issue's measurement groups):
   data_pipeline     images/s of one DataLoader worker at the paper's training size (decode, resize, flip)
 The last two need no GPU: they run from the start in a process of their own, beside the others.
 
-First, packages the GPU machine lacks (pycocotools, faster-coco-eval, submitit, tomli_w) are installed
-from the wheels in .whl/ (benchmarks/download_wheels.sh); a missing one stops the script, naming it.
+First, packages the GPU machine lacks (pycocotools, faster-coco-eval, submitit, tomli_w, tensorboard,
+protobuf, absl-py) are installed from the wheels in .whl/ (benchmarks/download_wheels.sh); a missing
+one stops the script, naming it.
 Each step has a time budget; a step that fails or runs out of time is named on stderr and in the
 summary, and the others still run. figures.json and summary.md are rewritten after every step.
 Exit code: 0 when every step passed, 1 when any failed, 2 when the set-up failed.
@@ -59,6 +60,10 @@ NEEDED_PACKAGES = {
     "faster_coco_eval": "faster-coco-eval",
     "submitit": "submitit",
     "tomli_w": "tomli_w",
+    # The TensorBoard writer of a training run (torch.utils.tensorboard) and what it imports.
+    "tensorboard": "tensorboard",
+    "google.protobuf": "protobuf",
+    "absl": "absl-py",
 }
 
 
@@ -77,12 +82,20 @@ def wheel_for(distribution: str, wheel_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported (a dotted name whose parent package is missing cannot)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def ensure_packages(wheel_dir: Path, site_dir: Path) -> list[str]:
     """Install from ``wheel_dir`` into ``site_dir`` each needed package that is not importable.
 
     Returns the wheel file names installed. Raises SetupError naming the first missing wheel.
     """
-    missing = [module for module in NEEDED_PACKAGES if importlib.util.find_spec(module) is None]
+    missing = [module for module in NEEDED_PACKAGES if not _importable(module)]
     if not missing:
         return []
     wheels = []
@@ -357,7 +370,7 @@ def step_training(ctx: Context, record: dict, budget: float) -> None:
     s = ctx.sizes
     root = ctx.synthetic_dataset()
     overrides = {
-        "model": cfg.PRESETS["demo"]["model"],
+        "model": cfg.DEMO.overrides["model"],
         **s.train_overrides,
         "data": {**s.train_overrides["data"], "root": str(root)},
     }

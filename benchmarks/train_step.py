@@ -31,7 +31,7 @@ from atssrepro.config import BackboneConfig, ModelConfig
 from atssrepro.model import assign
 from atssrepro.model.anchors import anchor_strides, grid_anchors
 from atssrepro.model.detector import OneStageDetector
-from atssrepro.model.losses import detection_losses
+from atssrepro.model.losses import combine_losses, loss_terms
 
 NUM_CLASSES = 80
 
@@ -157,7 +157,8 @@ def compare_training_steps(
     def assign_and_losses() -> None:
         leaves = [None if t is None else t.detach().requires_grad_() for t in head_outputs]
         matched = assign.assign(model_config.assign, anchors, num_per_level, atss.anchors_per_location, boxes_, mask)
-        losses = detection_losses(*leaves, anchors, strides, matched, boxes_, labels, atss.coder, model_config.loss)
+        terms = loss_terms(*leaves, anchors, strides, matched, boxes_, labels, atss.coder, model_config.loss)
+        losses = combine_losses([terms], model_config.loss)
         sum(losses.values()).backward()
 
     times: dict[str, list[float]] = {name: [] for name in (*models, "assign+loss")}

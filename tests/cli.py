@@ -30,3 +30,13 @@ def atssrepro(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedP
 
 def metrics_of(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2 and one line on stderr, ``error: ...`` holding every fragment; no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

@@ -113,15 +113,18 @@ def tiny_spec():
         ({"rows": [], "pairs": [["k9", "k7"]]}, "pairs", "no runnable row 'k7'"),
         ({"deltas": []}, "deltas", "one per step"),
         ({"deltas": [0.5]}, "deltas", "< 0 (B worse than A)"),
-        ({"deltas": ["big"]}, "deltas", "finite number"),
-        ({"kind": "flat", "deltas": [], "band": []}, "band", "[lowest, highest]"),
-        ({"kind": "flat", "deltas": [], "band": [39.3, 39.0]}, "band", "[lowest, highest]"),
+        ({"deltas": ["big"]}, "deltas", "expected a list of numbers"),
+        ({"kind": "flat", "deltas": []}, "band", "[lowest, highest]"),
+        ({"kind": "flat", "deltas": [], "band": [39.3, 39.0]}, "band", "must be increasing"),
+        ({"kind": "flat", "deltas": [], "band": [39.3]}, "band", "exactly 2 elements"),
         ({"kind": "equal", "deltas": [0.1], "margin": 0.0}, "margin", "> 0"),
         ({"kind": "equal", "deltas": [0.5]}, "deltas", "within the margin"),
-        ({"kind": "rise"}, "kind", "one of gain, drop, equal, flat"),
+        ({"kind": "rise"}, "kind", "expected one of 'gain', 'drop', 'equal', 'flat'"),
+        ({"statement": " "}, "statement", "a non-empty string"),
+        ({"id": "T4_small"}, "id", "like 'T4-small'"),
         ({"metrics": ["AP50"]}, "metrics", "not reported by table4"),
         ({"rows": [], "pairs": []}, "", "either rows"),
-        ({"deltas": [-1.3], "colour": 1}, "colour", "unknown field"),
+        ({"deltas": [-1.3], "colour": 1}, "colour", "unknown field 'colour'"),
     ],
 )
 def test_bad_claims_stop_with_one_line_naming_file_claim_and_field(fields, field, words):
@@ -133,13 +136,14 @@ def test_bad_claims_stop_with_one_line_naming_file_claim_and_field(fields, field
     assert field in message and words in message, message
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_nan_and_inf_in_a_claims_file_are_refused(tmp_path, value):
+@pytest.mark.parametrize(("value", "words"), [("nan", "expected a number"), ("inf", "must be finite"),
+                                             ("-inf", "must be finite")])  # fmt: skip
+def test_nan_and_inf_in_a_claims_file_are_refused(tmp_path, value, words):
     (tmp_path / "table4.toml").write_text(
         f'[[claims]]\nid = "T4-x"\nstatement = "s"\nkind = "equal"\nrows = ["k9", "k3"]\ndeltas = [0.0]\n'
         f"margin = {value}\n"
     )
-    with pytest.raises(UserError, match=rf"table4.toml: claim 'T4-x': margin = {value} must be a finite number"):
+    with pytest.raises(UserError, match=rf"table4.toml: claims\[0\]: margin = {value} is not valid.*{words}"):
         load_claims(tiny_spec(), tmp_path)
 
 

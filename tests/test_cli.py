@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cli import TINY, atssrepro, metrics_of
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+from cli import TINY, assert_one_line_error, atssrepro, metrics_of
 
 
 def test_config_prints_resolved_toml_with_id():

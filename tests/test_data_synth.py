@@ -9,9 +9,12 @@ import pycocotools.coco
 import pytest
 from PIL import Image
 
+from atssrepro.data import synth as synth_module
 from atssrepro.data.synth import make_synthetic_coco
 from atssrepro.engine.coco_eval import evaluate_detections
 from atssrepro.errors import UserError
+
+from cli import assert_one_line_error, atssrepro
 
 SPLITS = ("train2017", "val2017")
 
@@ -108,3 +111,51 @@ def test_refuses_to_overwrite_another_dataset(tmp_path: Path) -> None:
 def test_rejects_bad_image_sides(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="min_side <= max_side"):
         make_synthetic_coco(tmp_path, min_side=300, max_side=200)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("--train-images", "0", "1 to 100000"),
+        ("--val-images", "-3", "1 to 100000"),
+        ("--train-images", "100001", "1 to 100000"),
+        ("--seed", "-1", ">= 0"),
+    ],
+)
+def test_counts_and_seed_out_of_range_are_one_line(tmp_path: Path, option: str, value: str, allowed: str) -> None:
+    result = atssrepro("data", "synth", "--out", str(tmp_path / "synth"), option, value, check=False)
+    assert_one_line_error(result, f"{option} {value}", allowed)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_run_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = []
+
+    def failing_draw(*args: object) -> object:
+        drawn.append(1)
+        if len(drawn) == 5:
+            raise KeyboardInterrupt  # Ctrl-C, or any error, in the middle of the training images
+        return draw(*args)
+
+    draw = synth_module._draw_image
+    monkeypatch.setattr(synth_module, "_draw_image", failing_draw)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_coco(tmp_path / "new" / "synth", train_images=6, val_images=2)
+    assert list(tmp_path.iterdir()) == []  # neither the dataset, nor its temporary folder, nor "new"
+
+    make_synthetic_coco(tmp_path / "synth", train_images=2, val_images=1)
+    before = dataset_files(tmp_path / "synth")
+    drawn.clear()
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_coco(tmp_path / "synth", train_images=6, val_images=2, seed=3)
+    assert dataset_files(tmp_path / "synth") == before  # the previous dataset is left as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["synth"]
+
+
+def test_refuses_to_replace_files_it_did_not_write(tmp_path: Path) -> None:
+    make_synthetic_coco(tmp_path, train_images=2, val_images=1)
+    (tmp_path / "val2017" / "notes.txt").write_text("mine")
+    before = dataset_files(tmp_path)
+    with pytest.raises(UserError, match=r"val2017 holds 1 file\(s\) that no dataset written here lists \(e.g. notes"):
+        make_synthetic_coco(tmp_path, train_images=3, val_images=1)
+    assert dataset_files(tmp_path) == before

@@ -43,3 +43,5 @@ def test_two_ranks_match_one_process(tmp_path):
     assert info["state"] == "done" and info["world_size"] == 2
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["num_images"] == 3 and metrics["world_size"] == 2
+    # TensorBoard: one event file, from rank 0 alone.
+    assert len(list((tmp_path / "ddp").glob("events.out.tfevents.*"))) == 1

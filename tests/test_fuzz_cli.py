@@ -20,6 +20,7 @@ import tomli_w
 
 from atssrepro import cli
 from atssrepro import config as cfg
+from atssrepro.schema import ANY
 
 
 @dataclass
@@ -195,8 +196,8 @@ def bad_values_of(key: str) -> list[str]:
         values += ["'no_such_choice'", "0"]
     if origin is tuple:
         values += ["[]", "'x'", "[nan]"]
-    rule = cfg.RULES[key]
-    if rule is not cfg.ANY and not isinstance(default, (str, tuple)):
+    rule = cfg.rule_of(key)
+    if rule is not ANY and not isinstance(default, (str, tuple)):
         values += [v for v in ("-1", "-0.5", "1e9", "100000", "0") if _refused(key, v)]
     return values
 
@@ -307,12 +308,12 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
     # table specs, read through run --dry-run and show
     good = {"title": "Table 9", "caption": "c", "metrics": ["AP"], "rows": [{"id": "a", "label": "A"}]}
     specs = {
-        "published AP = nan": "published = { AP = nan }",
-        "published AP = 250": "published = { AP = 250 }",
-        "published AP = inf": "published = { AP = inf }",
-        "published AP = -1": "published = { AP = -1 }",
+        "published.AP = nan": "published = { AP = nan }",
+        "published.AP = 250": "published = { AP = 250 }",
+        "published.AP = inf": "published = { AP = inf }",
+        "published.AP = -1": "published = { AP = -1 }",
         "published 'AP50' is not among": "published = { AP50 = 30 }",
-        "published AP = '38'": "published = { AP = '38' }",
+        "published.AP = '38'": "published = { AP = '38' }",
         "model.assign.topk = 0": "config = { model = { assign = { topk = 0 } } }",
         "train.base_lr = -0.01": "config = { train = { base_lr = -0.01 } }",
         "info.Data": "info = { Data = 3 }",

@@ -11,7 +11,7 @@ from atssrepro.config import LossConfig
 from atssrepro.model.anchors import anchor_strides, cell_anchors, grid_anchors
 from atssrepro.model.assign import BACKGROUND, IGNORE, atss
 from atssrepro.model.box_coder import DeltaCoder, PointCoder
-from atssrepro.model.losses import centerness_target, detection_losses, ltrb_iou_loss
+from atssrepro.model.losses import centerness_target, combine_losses, loss_terms, ltrb_iou_loss
 
 
 def test_centerness_target_by_hand():
@@ -66,7 +66,12 @@ def setup(batch_gts):
 
 
 def losses_of(cls, reg, ctr, anchors, strides, matched, boxes, labels, config=LossConfig(), coder=DeltaCoder()):
-    return detection_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config)
+    return one_group_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config=config)
+
+
+def one_group_losses(*inputs, config):
+    """The normalised losses of a batch that is one padding group: loss_terms, then combine_losses."""
+    return combine_losses([loss_terms(*inputs, config)], config)
 
 
 def head(batch, n, requires_grad=True):
@@ -124,7 +129,7 @@ def test_smooth_l1_and_no_centerness_variants():
 
 def selected_positives_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config):
     """The losses computed on the positives alone, as gathered by boolean indexing: the oracle
-    for :func:`detection_losses`, which weights every anchor instead (no host sync)."""
+    for :func:`loss_terms` + :func:`combine_losses`, which weight every anchor instead (no host sync)."""
     positive = matched >= 0
     targets = torch.zeros_like(cls)
     targets[positive, labels.gather(1, matched.clamp(min=0))[positive]] = 1.0
@@ -172,7 +177,7 @@ def test_losses_over_all_anchors_equal_the_losses_of_the_selected_positives(regr
     config = LossConfig(regression=regression)
     inputs = [t for t in (cls, reg, ctr) if t is not None]
 
-    ours = detection_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config)
+    ours = one_group_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config=config)
     oracle = selected_positives_losses(cls, reg, ctr, anchors, strides, matched, boxes, labels, coder, config)
     assert set(ours) == set(oracle)
     for key in ours:

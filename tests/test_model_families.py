@@ -1,7 +1,7 @@
 """Every detector family of the paper builds, trains one step and runs inference.
 
 Each family is a handful of config fields on top of the smoke model; the rows of the paper's
-tables are made of these (ATSS_TABLES.md).
+tables are made of these (tables/*.toml).
 """
 
 from __future__ import annotations

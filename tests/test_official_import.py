@@ -13,7 +13,8 @@ import torch
 from atssrepro import config as cfg
 from atssrepro.errors import UserError
 from atssrepro.model.detector import OneStageDetector
-from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
+from atssrepro.model.official import convert_backbone_state_dict
+from atssrepro.model.official_checkpoint import convert_official_state_dict, read_official_checkpoint
 
 from cli import atssrepro
 
@@ -90,10 +91,13 @@ def test_strictness_names_the_keys():
         convert_official_state_dict(official, other_anchors)
     # backbone_only: ImageNet weights, DCN offset convs may be absent.
     body = {k: v for k, v in official.items() if k.startswith("backbone.body.")}
-    converted = convert_official_state_dict(body, dcn, backbone_only=True)
+    with torch.device("meta"):  # the ResNet being built, as ImageNet weights load into it
+        dcn_resnet = OneStageDetector(dcn, 80).backbone.body.body
+        resnet = OneStageDetector(model, 80).backbone.body.body
+    converted = convert_backbone_state_dict(body, dcn_resnet)
     assert len(converted) == len(body) and all(k.startswith("backbone.body.body.") for k in converted)
     with pytest.raises(UserError, match=r"keys outside backbone\.body\.\*"):
-        convert_official_state_dict(official, model, backbone_only=True)
+        convert_backbone_state_dict(official, resnet)
 
 
 @needs_ref

@@ -21,8 +21,8 @@ from atssrepro.model import assign
 from atssrepro.model.anchors import grid_anchors
 from atssrepro.model.box_coder import DeltaCoder, PointCoder
 from atssrepro.model.detector import OneStageDetector
-from atssrepro.model.losses import detection_losses
-from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
+from atssrepro.model.losses import combine_losses, loss_terms
+from atssrepro.model.official_checkpoint import convert_official_state_dict, read_official_checkpoint
 from atssrepro.model.postprocess import postprocess
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "official_ref"
@@ -222,9 +222,9 @@ def test_losses_match(variant, ours, inputs):
     num_per_level = [f.shape[-2] * f.shape[-1] for f in out["features"]]
     strides = torch.cat([torch.full((n,), 8.0 * 2**i) for i, n in enumerate(num_per_level)])
     coder = PlusOneDeltaCoder() if box else PointCoder()
-    plus_one = detection_losses(
-        *out["head"], out["anchors"], strides, official_matched, gt_boxes, gt_labels, coder, out["config"].model.loss
-    )
+    loss = out["config"].model.loss
+    terms = loss_terms(*out["head"], out["anchors"], strides, official_matched, gt_boxes, gt_labels, coder, loss)
+    plus_one = combine_losses([terms], loss)
     for name in ("cls", "centerness", "reg"):
         assert plus_one[name].item() == pytest.approx(theirs[name], rel=1e-5), name
     print(f"{variant} losses, ours / official - 1: " + ", ".join(f"{k} {mine[k] / theirs[k] - 1:+.2e}" for k in mine))

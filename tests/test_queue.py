@@ -18,15 +18,17 @@ from rich.console import Console
 
 from atssrepro import config as cfg
 from atssrepro.engine import checkpoint
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness import executors
 from atssrepro.harness.executors import QueueExecutor, Slot, local_devices, make_slots
 from atssrepro.harness.plan import PlannedRun
-from atssrepro.harness.store import NOT_RUN, Store
+from atssrepro.harness.runner import Job
+from atssrepro.harness.store import Store
 
 from cli import TINY, atssrepro
 
-# Stands in for `atssrepro train`: notes when it starts and ends, on which devices and through
+# Stands in for the worker process of a run: notes when it starts and ends, on which devices and through
 # which launcher; sleeps; fails when its run id says so; exits 130 on Ctrl-C.
 STUB = """
 import json, os, sys, time
@@ -53,15 +55,15 @@ if "fail" in run_id:
 
 
 class Stub:
-    """The executors' training command, replaced by :data:`STUB` sleeping ``seconds``."""
+    """The executors' worker command, replaced by :data:`STUB` sleeping ``seconds``."""
 
     def __init__(self, folder: Path) -> None:
         self.script, self.path = folder / "stub.py", folder / "events.jsonl"
         self.script.write_text(STUB)
         self.seconds = 1.0
 
-    def command(self, run_dir: str, launcher: Sequence[str]) -> list[str]:
-        return [sys.executable, str(self.script), run_dir, str(self.path), str(self.seconds), " ".join(launcher)]
+    def command(self, job: Job, outcome_file: Path, launcher: Sequence[str]) -> list[str]:
+        return [sys.executable, str(self.script), job.run_dir, str(self.path), str(self.seconds), " ".join(launcher)]
 
     def events(self) -> list[dict]:
         """What the stubs noted so far: run, event (start, end or interrupted), time, visible, launcher."""
@@ -72,14 +74,14 @@ class Stub:
 @pytest.fixture
 def stub(tmp_path, monkeypatch) -> Stub:
     stub = Stub(tmp_path)
-    monkeypatch.setattr(executors, "train_command", stub.command)
+    monkeypatch.setattr(executors, "worker_command", stub.command)
     return stub
 
 
 def planned(*run_ids: str) -> list[PlannedRun]:
     # From scratch: the queue looks for the pretrained weights of runs that start training.
     config = cfg.apply(cfg.Config(), {"model": {"backbone": {"weights": ""}}}, "test")
-    return [PlannedRun(run_id, config, "smoke", 0) for run_id in run_ids]
+    return [PlannedRun(run_id, config, cfg.SMOKE, 0) for run_id in run_ids]
 
 
 def intervals(recorded: list[dict]) -> dict[str, tuple[float, float]]:
@@ -164,6 +166,31 @@ def test_slots(monkeypatch):
             make_slots(devices, gpus_per_run)
 
 
+HOLD_LOCK = """
+import sys, time
+from atssrepro.engine.run_dir import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_that_another_process_trains_is_busy_and_left_as_it_is(tmp_path):
+    """The worker finds the run's lock held (RunBusy) and says so in its outcome record: no stub here."""
+    store = Store(tmp_path / "results")
+    (run,) = planned("held")
+    store.run("held").init(run.config, "smoke")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.run("held").path)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        (outcome,) = QueueExecutor(Console(file=io.StringIO()), ["cpu"]).execute([run], store)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert outcome.state is RunState.BUSY and "is being trained by another process" in outcome.message
+    assert store.info("held")["state"] == "pending"  # nothing recorded over the other process's run
+
+
 @pytest.mark.parametrize("running", [1, 2])
 def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, running):
     stub.seconds = 60
@@ -186,7 +213,7 @@ def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, runn
     events = sorted((e["run"], e["event"]) for e in stub.events())
     assert events == sorted((r.run_id, e) for r in runs[:running] for e in ("start", "interrupted"))
     states = [store.state(r.run_id) for r in runs]
-    assert "done" not in states and states[running:] == [NOT_RUN] * (len(runs) - running)
+    assert "done" not in states and states[running:] == [RunState.NOT_RUN] * (len(runs) - running)
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def sweep_spec(name: str, labels: list[str], published: list[float]) -> TableSpe
     rows = [
         {"id": f"r{i}", "label": label, "published": {"AP": ap}} for i, (label, ap) in enumerate(zip(labels, published))
     ]
-    return make_spec(name, rows=rows)
+    return make_spec(name, rows=rows, sweep_axis=f"the value swept in {name}")
 
 
 def frame_lines(
@@ -368,3 +368,19 @@ def test_plot_sweeps_writes_one_png_per_sweep_table(tmp_path: Path, preset: str)
 def test_plot_sweeps_without_sweep_tables_writes_nothing(tmp_path: Path) -> None:
     assert report.plot_sweeps([rows_spec()], rows_frame(), tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_report_says_what_its_source_keys_mean() -> None:
+    spec = make_spec(
+        "table4",
+        status="CONFIRMED (2 sources: S1 + S2)",
+        sources={"S1": "arXiv v4 text of the paper", "S2": "ar5iv HTML rendering"},
+        rows=[{"id": "k9", "label": "9", "published": {"AP": 39.3}}],
+    )
+    for fmt in ("terminal", "markdown", "latex", "html"):
+        text = report.render([spec], frame_of(), fmt)
+        assert "S1 = arXiv v4 text of the paper; S2 = ar5iv HTML rendering" in text, fmt
+    assert json.loads(report.render([spec], frame_of(), "json"))["tables"][0]["sources"] == spec.sources
+    for name in available_tables():  # the shipped specs cite only keys they define
+        shipped = load_table(name)
+        assert shipped.sources and "Sources: S1 = " in report.render([shipped], frame_of(), "markdown")

@@ -17,6 +17,7 @@ from atssrepro.data.batch import collate_groups
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine.train import GroupedTraining, build_optimizer
+from atssrepro.errors import UserError
 from atssrepro.harness.plan import resolve_row
 from atssrepro.harness.specs import load_table
 from atssrepro.model import pretrained
@@ -140,7 +141,7 @@ def overrides(config: cfg.Config) -> list[str]:
     ],
 )
 def test_inconsistent_fields_are_refused(change: str, message: str) -> None:
-    with pytest.raises(cfg.UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
         cfg.build_config(None, "paper", [change])
 
 

@@ -23,16 +23,13 @@ from atssrepro import config as cfg
 from atssrepro.engine import checkpoint
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
-from atssrepro.harness.executors import torchrun, train_command
+from atssrepro.harness.executors import torchrun, worker_command
 from atssrepro.harness.plan import PlannedRun, resolve_row
-from atssrepro.harness.slurm import (
-    PROFILE_DIR,
-    SlurmExecutor,
-    load_profile,
-    merged_state,
-    rendezvous_port,
-    slurm_states,
-)
+from atssrepro.harness.runner import Job
+from atssrepro.harness.slurm import SlurmExecutor
+from atssrepro.harness.slurm_job import rendezvous_port
+from atssrepro.harness.slurm_profile import PROFILE_DIR, load_profile
+from atssrepro.harness.slurm_queue import merged_state, slurm_states
 from atssrepro.harness.specs import load_table
 from atssrepro.harness.store import Store
 
@@ -54,7 +51,7 @@ def test_shipped_profiles_load(name):
     [
         ('partiton = "gpu"', "unknown config key 'partiton'; did you mean 'partition'?"),
         ('time_min = "1h"', "time_min = '1h' is not valid; expected an integer"),
-        ("nodes = 0", "nodes = 0 must be >= 1"),
+        ("nodes = 0", "nodes = 0 is not valid: must be >= 1"),
         ("setup = 3", "setup = 3 is not valid"),
         ("gpus_per_node = 4\ncpu_processes_per_node = 2", "cpu_processes_per_node is for nodes without GPUs"),
     ],
@@ -77,7 +74,7 @@ def test_profile_fields_and_unknown_names():
 
 def test_runs_whose_batch_the_profile_cannot_split_are_refused_before_submitting(tmp_path):
     profile = load_profile(str(PROFILE_DIR / "example_cluster.toml"))  # 8 GPUs per node
-    run = PlannedRun("a", cfg.apply(cfg.Config(), {"train": {"batch_size": 4}}, "test"), "paper", 0)
+    run = PlannedRun("a", cfg.apply(cfg.Config(), {"train": {"batch_size": 4}}, "test"), cfg.PAPER, 0)
     with pytest.raises(UserError, match=r"cannot be split over 8 processes \(nodes x processes per node\)"):
         SlurmExecutor(Console(stderr=True), profile).execute([run], Store(tmp_path / "results"))
     assert not (tmp_path / "results").exists()
@@ -213,7 +210,7 @@ def test_a_preempted_ddp_job_is_requeued_and_ends_as_if_never_interrupted(cluste
     # log_every=1: DDP ranks agree on stopping at each logged iteration, so a stop comes at once.
     training = {"iterations": 15, "checkpoint_every": 5, "log_every": 1, "batch_size": 4}
     config = cfg.apply(config, {**small, "train": training}, "test")
-    run = PlannedRun(cfg.config_id(config), config, "smoke", 0)
+    run = PlannedRun(cfg.config_id(config), config, cfg.SMOKE, 0)
     store = Store(tmp_path / "results")
     # Two training processes (a padding group of 2 images each of the batch of 4) in one job: DDP over gloo.
     profile = dataclasses.replace(load_profile("local"), cpus_per_task=1, cpu_processes_per_node=2)
@@ -237,7 +234,8 @@ def test_a_preempted_ddp_job_is_requeued_and_ends_as_if_never_interrupted(cluste
     straight = RunDir(tmp_path / "straight")
     straight.init(config, "smoke")
     subprocess.run(
-        train_command(str(straight.path), torchrun(2)), capture_output=True, check=True,
+        worker_command(Job(str(straight.path), "smoke"), tmp_path / "outcome.json", torchrun(2)),
+        capture_output=True, check=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     (final,) = slurm.wait([outcome], store, max_poll_s=1)

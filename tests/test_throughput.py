@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from atssrepro import config as cfg
 from atssrepro.harness import throughput
 
 from cli import atssrepro
@@ -62,8 +63,8 @@ def test_other_presets_get_no_hours():
 
 
 def test_evaluation_only_plans_get_no_hours():
-    assert throughput.cost_line(0, MEASURED.device, "paper") == "device-hours: none for training (evaluation only)"
-    assert "device-hours on" in throughput.cost_line(TABLE4_IMAGES, MEASURED.device, "paper")
+    assert throughput.cost_line(0, MEASURED.device, cfg.PAPER) == "device-hours: none for training (evaluation only)"
+    assert "device-hours on" in throughput.cost_line(TABLE4_IMAGES, MEASURED.device, cfg.PAPER)
 
 
 def test_the_local_gpu_is_found_with_nvidia_smi_and_without_torch(tmp_path):

@@ -68,7 +68,7 @@ def test_checkpoint_field_is_validated(tmp_path):
     for row, message in [
         ({"id": "a", "label": "A", "checkpoint": "/abs/a.pth"}, "must be a file name inside --zoo-dir"),
         ({"id": "a", "label": "A", "checkpoint": "../a.pth"}, "must be a file name inside --zoo-dir"),
-        ({"id": "a", "label": "A", "checkpoint": 3}, "checkpoint: expected a str"),
+        ({"id": "a", "label": "A", "checkpoint": 3}, "checkpoint = 3 is not valid; expected a str"),
         ({"id": "a", "label": "A", "checkpoint": "a.pth", "reference_only": True}, "reference_only row has no"),
     ]:
         with pytest.raises(UserError, match=message):
@@ -203,7 +203,8 @@ def test_zoo_rows_import_official_checkpoints_evaluate_them_and_report_them(tmp_
 
 
 def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(tmp_path):
-    from atssrepro.harness.slurm import SlurmExecutor, load_profile
+    from atssrepro.harness.slurm import SlurmExecutor
+    from atssrepro.harness.slurm_profile import load_profile
 
     runs = plan([load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(tmp_path), zoo_dir=tmp_path)
     store = Store(tmp_path / "results")
@@ -216,30 +217,48 @@ def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(t
 
 def test_a_slurm_job_of_an_evaluation_only_run_imports_once_then_evaluates(tmp_path, monkeypatch):
     from atssrepro.engine.run_dir import RunDir
-    from atssrepro.harness import slurm
+    from atssrepro.harness import runner
 
     calls = []
     monkeypatch.setattr(
-        "atssrepro.engine.official_import.import_official_checkpoint",
-        lambda checkpoint, config, out: calls.append(("import", checkpoint, out)),
+        runner, "import_official_checkpoint", lambda checkpoint, config, out: calls.append(("import", checkpoint, out))
     )
-    monkeypatch.setattr(slurm, "evaluate_run", lambda path, console, tta=False: calls.append(("eval", path, tta)))
+    monkeypatch.setattr(runner, "evaluate_run", lambda path, console, tta=False: calls.append(("eval", path, tta)))
     run = RunDir(tmp_path / "run")
     run.init(cfg.Config(), "paper")
-    job = slurm.TrainJob(str(run.path), "paper", False, str(tmp_path), str(tmp_path / "official.pth"))
-    job._import_and_evaluate(run, Console(quiet=True))
+    runner.import_and_evaluate(run, tmp_path / "official.pth", Console(quiet=True))
     assert calls == [("import", tmp_path / "official.pth", run.path), ("eval", run.path, False)]
     run.checkpoint_path.write_bytes(b"")  # imported by an earlier start whose evaluation failed
     calls.clear()
-    job._import_and_evaluate(run, Console(quiet=True))
+    runner.import_and_evaluate(run, tmp_path / "official.pth", Console(quiet=True))
     assert calls == [("eval", run.path, False)]
 
 
 def test_every_slurm_job_keeps_submitits_requeue_hook(tmp_path):
     """submitit requeues a preempted job through its ``checkpoint`` method: no attribute may shadow it."""
-    from atssrepro.harness import slurm
+    from atssrepro.harness.runner import Job
+    from atssrepro.harness.slurm_job import TrainJob
 
     for official in ("", str(tmp_path / "official.pth")):
-        job = slurm.TrainJob(str(tmp_path / "run"), "paper", False, str(tmp_path), official)
+        job = TrainJob(Job(str(tmp_path / "run"), "paper", False, official), str(tmp_path))
         requeued = job.checkpoint()
         assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function is job
+
+
+def test_an_evaluation_only_run_whose_import_fails_is_recorded_as_failed(tmp_path, monkeypatch):
+    """Training records its own failures; an import or evaluation that fails is recorded by the runner."""
+    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.engine.run_state import RunState
+    from atssrepro.errors import UserError
+    from atssrepro.harness import runner
+
+    def refuse(checkpoint, config, out):
+        raise UserError(f"{checkpoint}: not a readable torch checkpoint")
+
+    monkeypatch.setattr(runner, "import_official_checkpoint", refuse)
+    run = RunDir(tmp_path / "run")
+    run.init(cfg.Config(), "paper")
+    job = runner.Job(str(run.path), "paper", official_checkpoint=str(tmp_path / "broken.pth"))
+    outcome = runner.execute_job(job, Console(quiet=True))
+    assert outcome.state is RunState.FAILED and "broken.pth: not a readable torch checkpoint" in outcome.message
+    assert run.info()["state"] == "failed" and run.info()["message"] == outcome.message

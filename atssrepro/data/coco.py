@@ -96,6 +96,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not image_dir.is_dir():
             raise UserError(f"image directory {image_dir} not found; {fix}")
         self.coco = load_coco(ann_file, train)
+        self.ann_file = ann_file
         self.image_dir = image_dir
         self.max_size = max_size
 

@@ -8,8 +8,12 @@ import shutil
 from pathlib import Path
 
 from atssrepro.data.annotations import read_coco
+from atssrepro.data.staging import annotation_path, staged_splits
 from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write, make_dirs, write_json
+
+SUBSET_KEY = "atssrepro_subset"
+"""The top-level entry of a subset's annotation file that marks it as one: ``source``, ``images``, ``seed``."""
 
 
 def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *, seed: int = 0) -> Path:
@@ -17,7 +21,9 @@ def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *,
 
     Images go to ``out/{split}/`` (hard links where possible, else copies) and their annotations to
     ``out/annotations/instances_{split}.json``, whose path is returned. The annotation file keeps the
-    source's other top-level entries (info, licenses, all categories); images are sorted by id.
+    source's other top-level entries (info, licenses, all categories) and adds ``SUBSET_KEY``, what
+    it was taken from; images are sorted by id. The split is built beside ``out`` and moved into
+    place at the end, replacing a subset written there before: a failure leaves nothing.
     """
     coco_root, out = Path(coco_root), Path(out)
     ann_path = coco_root / "annotations" / f"instances_{split}.json"
@@ -32,16 +38,20 @@ def make_coco_subset(coco_root: Path, split: str, num_images: int, out: Path, *,
     dataset = read_coco(ann_path)
     available = len(dataset["images"])
     if not 1 <= num_images <= available:
-        raise UserError(f"num_images={num_images} is out of range: {ann_path} has {available} images")
+        raise UserError(
+            f"--images {num_images} is out of range: {ann_path} has {available} images; take 1 to {available}"
+        )
     chosen = sorted(random.Random(seed).sample(dataset["images"], num_images), key=lambda image: image["id"])
     chosen_ids = {image["id"] for image in chosen}
-
-    for image in chosen:
-        _link_or_copy(image_dir / image["file_name"], out / split / image["file_name"])
-    subset_path = out / "annotations" / f"instances_{split}.json"
     annotations = [a for a in dataset["annotations"] if a["image_id"] in chosen_ids]
-    write_json(subset_path, {**dataset, "images": chosen, "annotations": annotations}, indent=None)
-    return subset_path
+    origin = {"source": str(ann_path.resolve()), "images": num_images, "seed": seed}
+
+    with staged_splits(out, [split], lambda previous: SUBSET_KEY in previous) as staging:
+        for image in chosen:
+            _link_or_copy(image_dir / image["file_name"], staging / split / image["file_name"])
+        subset = {**dataset, "images": chosen, "annotations": annotations, SUBSET_KEY: origin}
+        write_json(annotation_path(staging, split), subset, indent=None)
+    return annotation_path(out, split)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -49,7 +59,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
     if not source.is_file():
         raise UserError(f"image {source} is listed in the annotations but missing; re-download the COCO images")
     make_dirs(target.parent)
-    target.unlink(missing_ok=True)
     try:
         os.link(source, target)  # a link appears whole, so it needs no temporary file
     except OSError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import colorsys
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from atssrepro.data.staging import annotation_path, staged_splits
 from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write, write_json
 
@@ -25,6 +25,8 @@ DESCRIPTION = "atssrepro synthetic shapes"  # marks annotation files this module
 MAX_OBJECTS = 8
 MAX_OVERLAP_IOU = 0.3  # objects may overlap, but each stays mostly visible
 JPEG_QUALITY = 90
+MAX_IMAGES = 100_000  # per split: about 2 GB of JPEGs, and an hour of drawing
+MAX_SIDE = 4096
 
 Polygon = tuple[tuple[float, float], ...]  # vertices in the unit square, (0, 0) = top left
 
@@ -72,51 +74,47 @@ def make_synthetic_coco(
 ) -> None:
     """Write ``out/{train2017,val2017}/*.jpg`` and ``out/annotations/instances_{train2017,val2017}.json``.
 
-    The output depends only on the arguments. A dataset written here before by this function is
-    replaced, stale images included; any other dataset in ``out`` is refused.
+    The output depends only on the arguments. It is built beside ``out`` and moved into place at the
+    end: a failure leaves nothing. A dataset written here before by this function is replaced,
+    stale images included; any other dataset in ``out`` is refused.
     """
-    out = Path(out)
-    if not 16 <= min_side <= max_side:
-        raise UserError(f"image sides must satisfy 16 <= min_side <= max_side, got {min_side} and {max_side}")
+    for option, value, low, high in (
+        ("--train-images", train_images, 1, MAX_IMAGES),
+        ("--val-images", val_images, 1, MAX_IMAGES),
+        ("--seed", seed, 0, None),
+    ):
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
+            allowed = f"{low} to {high}" if high is not None else f">= {low}"
+            raise UserError(f"{option} {value}: must be an integer {allowed}")
+    if not 16 <= min_side <= max_side <= MAX_SIDE:
+        raise UserError(
+            f"image sides must satisfy 16 <= min_side <= max_side <= {MAX_SIDE}, got {min_side} and {max_side}"
+        )
     splits = (("train2017", train_images), ("val2017", val_images))
-    for split, _ in splits:
-        _remove_previous(out, split)
-    image_id = annotation_id = 0  # the last ids used; ids are unique across both splits, as in COCO
-    for split_index, (split, count) in enumerate(splits):
-        images, annotations = [], []
-        for index in range(count):
-            # One generator per image: an image does not change when the image counts do.
-            rng = np.random.default_rng([seed, split_index, index])
-            width, height = (int(side) for side in rng.integers(min_side, max_side, size=2, endpoint=True))
-            image, objects = _draw_image(rng, width, height)
-            image_id += 1
-            file_name = f"{image_id:012d}.jpg"
-            atomic_write(
-                out / split / file_name, functools.partial(image.save, format="JPEG", quality=JPEG_QUALITY), binary=True
-            )
-            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "license": 1})
-            for annotation in objects:
-                annotation_id += 1
-                annotations.append({"id": annotation_id, "image_id": image_id, **annotation})
-        # Written last: a dataset is complete once its annotation file exists.
-        write_json(_annotation_path(out, split), _coco_json(images, annotations), indent=None)
+    with staged_splits(Path(out), [split for split, _ in splits], _is_synthetic) as staging:
+        image_id = annotation_id = 0  # the last ids used; ids are unique across both splits, as in COCO
+        for split_index, (split, count) in enumerate(splits):
+            images, annotations = [], []
+            for index in range(count):
+                # One generator per image: an image does not change when the image counts do.
+                rng = np.random.default_rng([seed, split_index, index])
+                width, height = (int(side) for side in rng.integers(min_side, max_side, size=2, endpoint=True))
+                image, objects = _draw_image(rng, width, height)
+                image_id += 1
+                file_name = f"{image_id:012d}.jpg"
+                save = functools.partial(image.save, format="JPEG", quality=JPEG_QUALITY)
+                atomic_write(staging / split / file_name, save, binary=True)
+                images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "license": 1})
+                for annotation in objects:
+                    annotation_id += 1
+                    annotations.append({"id": annotation_id, "image_id": image_id, **annotation})
+            write_json(annotation_path(staging, split), _coco_json(images, annotations), indent=None)
 
 
-def _annotation_path(root: Path, split: str) -> Path:
-    return root / "annotations" / f"instances_{split}.json"
-
-
-def _remove_previous(out: Path, split: str) -> None:
-    """Delete the annotation file and images of a synthetic dataset that an earlier call wrote here."""
-    ann_path = _annotation_path(out, split)
-    if not ann_path.exists():
-        return
-    previous = json.loads(ann_path.read_text(encoding="utf-8"))
-    if previous.get("info", {}).get("description") != DESCRIPTION:
-        raise UserError(f"{ann_path} belongs to another dataset; write the synthetic dataset to an empty folder")
-    ann_path.unlink()
-    for image in previous["images"]:
-        (out / split / image["file_name"]).unlink(missing_ok=True)
+def _is_synthetic(dataset: dict) -> bool:
+    """Whether an annotation file's content is a synthetic dataset of this module's."""
+    info = dataset.get("info")
+    return isinstance(info, dict) and info.get("description") == DESCRIPTION
 
 
 def _draw_image(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, list[dict]]:

@@ -8,9 +8,11 @@ from pathlib import Path
 from atssrepro import config as cfg
 from atssrepro.engine import checkpoint as ckpt
 from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.fileio import sha256
-from atssrepro.model.official import convert_official_state_dict, read_official_checkpoint
+from atssrepro.model.anchors import anchors_per_location
+from atssrepro.model.official_checkpoint import convert_official_state_dict, read_official_checkpoint
 
 
 def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) -> Path:
@@ -27,7 +29,6 @@ def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) 
     backbone = dataclasses.replace(config.model.backbone, weights="")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, backbone=backbone))
     model = convert_official_state_dict(state, config.model)
-    per_location = len(config.model.anchors.aspect_ratios) * config.model.anchors.scales_per_octave
     run = RunDir(out)
     if run.checkpoint_path.exists():
         raise UserError(f"--out {out}: already holds a checkpoint; pick another folder or delete it")
@@ -38,8 +39,8 @@ def import_official_checkpoint(checkpoint: Path, config: cfg.Config, out: Path) 
             "model": model,
             "config": cfg.to_dict(config),
             "iteration": config.train.iterations,
-            "num_classes": model["head.cls_logits.bias"].shape[0] // per_location,
+            "num_classes": model["head.cls_logits.bias"].shape[0] // anchors_per_location(config.model.anchors),
         },
     )
-    run.set_state("done", imported_from=str(checkpoint.resolve()), imported_sha256=sha256(checkpoint))
+    run.set_state(RunState.DONE, imported_from=str(checkpoint.resolve()), imported_sha256=sha256(checkpoint))
     return run.path

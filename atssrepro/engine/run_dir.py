@@ -13,13 +13,16 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from atssrepro import config as cfg
+from atssrepro.engine.run_state import RECORDED, RunState
 from atssrepro.errors import UserError
 from atssrepro.fileio import make_dirs, write_json, write_text
 
-State = Literal["pending", "running", "done", "failed", "diverged", "interrupted"]
+
+class RunBusy(UserError):
+    """Another live process holds the run's lock: it trains or evaluates the run right now."""
 
 
 class RunDir:
@@ -36,7 +39,8 @@ class RunDir:
         self.lock_path = self.path / ".lock"
 
     def init(self, config: cfg.Config, preset: str) -> None:
-        """Create the folder for ``config``, or check that an existing one holds the same config."""
+        """Create the folder for ``config``, or check that an existing one holds the same config.
+        ``preset`` is recorded in run.json: the name of the run's preset, or ``import``."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path}: exists and is not a folder")
         if self.config_path.exists():
@@ -49,7 +53,7 @@ class RunDir:
             return
         make_dirs(self.path)
         write_text(self.config_path, cfg.to_toml(config))
-        self.set_state("pending", id=cfg.config_id(config), preset=preset)
+        self.set_state(RunState.PENDING, id=cfg.config_id(config), preset=preset)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -64,7 +68,7 @@ class RunDir:
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise UserError(f"{self.path} is being trained by another process; wait for it or stop it") from None
+                raise RunBusy(f"{self.path} is being trained by another process; wait for it or stop it") from None
             try:
                 yield
             finally:
@@ -75,7 +79,7 @@ class RunDir:
         try:
             with self.lock():
                 return False
-        except UserError:
+        except RunBusy:
             return True
 
     def read_config(self) -> cfg.Config:
@@ -97,7 +101,7 @@ class RunDir:
         metrics.json, log.jsonl), or None. A killed run may leave half a last line in log.jsonl: that is fine."""
         fix = f"delete {self.path} or train it again from scratch with --force"
         for path, problem in (
-            (self.state_path, _json_object_problem(self.state_path, "state", str)),
+            (self.state_path, _json_object_problem(self.state_path, "state", str, [s.value for s in RECORDED])),
             (self.metrics_path, _json_object_problem(self.metrics_path, "stats", dict)),
             (self.log_path, _log_problem(self.log_path)),
         ):
@@ -105,10 +109,12 @@ class RunDir:
                 return f"{path} is corrupt ({problem}); {fix}"
         return None
 
-    def set_state(self, state: State, **fields: Any) -> None:
-        """Record ``state`` and ``fields`` in run.json; a field given as None is removed."""
+    def set_state(self, state: RunState, **fields: Any) -> None:
+        """Record ``state`` (one of ``RECORDED``) and ``fields`` in run.json; a field given as None is removed."""
+        if state not in RECORDED:
+            raise ValueError(f"run.json records no state {state!r}")
         info = self.info()
-        info.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        info.update(fields, state=RunState(state).value, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json(self.state_path, {key: value for key, value in info.items() if value is not None})
 
     def append_log(self, record: dict[str, Any]) -> None:
@@ -128,8 +134,9 @@ def _text(path: Path) -> str | None:
         raise ValueError(e.strerror or type(e).__name__) from None
 
 
-def _json_object_problem(path: Path, key: str, kind: type) -> str | None:
-    """Why ``path`` is not a JSON object with ``key`` of type ``kind`` (None when fine or absent)."""
+def _json_object_problem(path: Path, key: str, kind: type, values: list | None = None) -> str | None:
+    """Why ``path`` is not a JSON object with ``key`` of type ``kind`` (and one of ``values``, when
+    given); None when fine or absent."""
     try:
         text = _text(path)
         if text is None:
@@ -139,6 +146,8 @@ def _json_object_problem(path: Path, key: str, kind: type) -> str | None:
         return str(e).splitlines()[0] if str(e) else "not JSON"
     if not isinstance(data, dict) or not isinstance(data.get(key), kind):
         return f"not a JSON object with {key!r}"
+    if values is not None and data[key] not in values:
+        return f"{key} {data[key]!r} is none of {', '.join(values)}"
     return None
 
 

@@ -21,6 +21,7 @@ from atssrepro.data.batch import Batch, batch_loader
 from atssrepro.data.coco import CocoDetection
 from atssrepro.data.sampler import TrainBatchSampler
 from atssrepro.engine import checkpoint
+from atssrepro.engine.curves import Curves
 from atssrepro.engine.progress import progress
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.errors import UserError
@@ -166,11 +167,11 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return distributed.all_reduce_mean(torch.tensor([float(flag)], device=device)).item() > 0
 
 
-def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console) -> OneStageDetector:
+def train(config: cfg.Config, run: RunDir, device: torch.device, console: Console, curves: Curves) -> OneStageDetector:
     """Train ``config`` in ``run``, resuming from its checkpoint if it has one.
 
-    Writes ``log.jsonl`` every ``train.log_every`` iterations and ``checkpoint.pt`` every
-    ``train.checkpoint_every`` iterations and at the end. Returns the trained model (unwrapped).
+    Writes ``log.jsonl`` and ``curves`` every ``train.log_every`` iterations and ``checkpoint.pt``
+    every ``train.checkpoint_every`` iterations and at the end. Returns the trained model (unwrapped).
 
     Raises:
         Diverged: the loss became NaN or infinite.
@@ -203,6 +204,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         console.print(f"resuming {run.path} from iteration {state.iteration}")
     if state.iteration >= t.iterations:
         return model
+    curves.start(state.iteration)
 
     grouped = GroupedTraining(model)
     ddp_model = DistributedDataParallel(grouped) if distributed.is_initialized() else grouped
@@ -279,6 +281,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                     )
                 if distributed.is_main():
                     run.append_log(record)
+                    curves.window(record)
                 report(
                     state.iteration,
                     f"loss {record['loss']:.3f} (cls {means[0]:.3f}) lr {record['lr']:.2e} "

@@ -19,17 +19,17 @@ each claim compares and how it is judged.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from atssrepro import config as cfg
+from atssrepro import schema
 from atssrepro.errors import UserError
-from atssrepro.harness.specs import TABLES_DIR, TableSpec, _check_keys, _strings, _typed  # the loader is temporary
+from atssrepro.harness.specs import TABLES_DIR, TableSpec  # the loader is temporary
+from atssrepro.schema import ANY, NONEMPTY, Rule, nonempty, positive
+from atssrepro.tomlfile import load_toml
 
 CLAIMS_DIR = TABLES_DIR / "claims"
 Kind = Literal["gain", "drop", "equal", "flat"]
@@ -37,7 +37,11 @@ KINDS: tuple[str, ...] = get_args(Kind)
 DEFAULT_MARGIN = 0.3
 """Percent points: ATSS_CLAIMS.md and ASSIGNERS.md §4 call a single-seed difference below this unresolved;
 the paper states no margin."""
-ID_PATTERN = re.compile(r"^T[1-9]-[a-z]+$")
+CLAIM_ID_PATTERN = re.compile(r"^T[1-9]-[a-z]+$")
+CLAIM_ID = Rule(
+    lambda v: bool(CLAIM_ID_PATTERN.match(v)), "like 'T4-small' (T, the table's number, '-', lowercase letters)"
+)
+BAND = Rule(length=2, increasing=True)
 
 
 @dataclass(frozen=True)
@@ -53,35 +57,34 @@ class Part:
 
 @dataclass(frozen=True)
 class ClaimSpec:
-    id: str
-    """As ATSS_CLAIMS.md names it: ``T<table>-<word>`` (``T1-imprs``). Rule: that pattern, unique in its table."""
-    table: str
-    """The table spec whose rows it compares (``table4``): the file that declares it, never written in TOML."""
-    statement: str
-    """The paper's words as ATSS_CLAIMS.md gives them. Rule: a non-empty string."""
+    id: Annotated[str, CLAIM_ID]
+    """As ATSS_CLAIMS.md names it: ``T<table>-<word>`` (``T1-imprs``); unique in its table."""
+    statement: Annotated[str, NONEMPTY]
+    """The paper's words as ATSS_CLAIMS.md gives them."""
     kind: Kind
     """gain: B is better than A; drop: B is worse than A; equal: A and B differ negligibly; flat: no two rows
-    of a sweep differ more than its band. Rule: one of these four."""
-    rows: tuple[str, ...] = ()
+    of a sweep differ more than its band."""
+    rows: Annotated[tuple[str, ...], ANY] = ()
     """Row ids of the table. gain, drop, equal: a chain A, B[, C, ...] judged step by step (A -> B, B -> C);
-    a pair is a chain of two. flat: the sweep. Rule: >= 2 distinct runnable rows of the table; either
+    a pair is a chain of two. flat: the sweep. Table rule: >= 2 distinct runnable rows of the table; either
     rows or pairs, and flat takes rows."""
-    pairs: tuple[tuple[str, str], ...] = ()
+    pairs: Annotated[tuple[tuple[str, str], ...], ANY] = ()
     """gain, drop, equal stated for separate comparisons ("for box and for point"): ``[[A, B], [C, D]]``.
-    Rule: each pair two distinct runnable rows of the table; instead of rows."""
-    deltas: tuple[float, ...] = ()
+    Table rule: each pair two distinct runnable rows of the table; instead of rows."""
+    deltas: Annotated[tuple[float, ...], ANY] = ()
     """gain, drop, equal: the paper's B - A in percent points, one per step (chain or pairs), or one per
-    metric when metrics names several. Rule: required for these kinds and only for them; finite; > 0 for
+    metric when metrics names several. Table rule: required for these kinds and only for them; > 0 for
     gain, < 0 for drop, |delta| < margin for equal."""
-    band: tuple[float, ...] = ()
-    """flat: the paper's lowest and highest value over the rows. Rule: required for flat and only for it;
-    two finite numbers, lowest first."""
-    metrics: tuple[str, ...] = ("AP",)
-    """COCO metrics judged, each on its own. Rule: metrics the table reports, no repeats; several only for
-    one gain, drop or equal pair ("on every metric")."""
-    margin: float = DEFAULT_MARGIN
+    band: Annotated[tuple[float, ...], BAND] = ()
+    """flat: the paper's lowest and highest value over the rows. Table rule: required for flat and only for it."""
+    metrics: Annotated[tuple[str, ...], nonempty(ANY)] = ("AP",)
+    """COCO metrics judged, each on its own. Table rule: metrics the table reports, no repeats; several only
+    for one gain, drop or equal pair ("on every metric")."""
+    margin: Annotated[float, positive()] = DEFAULT_MARGIN
     """equal and flat: the difference, in percent points, that the claim calls negligible (flat uses the
-    larger of this and the paper's band width). Rule: a finite number > 0."""
+    larger of this and the paper's band width)."""
+    table: str = ""
+    """The table spec whose rows it compares (``table4``): the file that declares it, never written in TOML."""
 
     @property
     def steps(self) -> tuple[tuple[str, str], ...]:
@@ -108,44 +111,23 @@ def load_claims(spec: TableSpec, directory: Path = CLAIMS_DIR) -> tuple[ClaimSpe
     path = directory / f"{spec.name}.toml"
     if not path.is_file():
         return ()
-    data = cfg.load_toml(path)
-    _check_keys(data, {"claims"}, str(path))
+    data = load_toml(path)
+    unknown = set(data) - {"claims"}
+    if unknown:
+        raise UserError(f"{path}: unknown key {sorted(unknown)[0]!r} (keys here: claims)")
     return parse_claims(data.get("claims", []), spec, path)
 
 
 def parse_claims(raw: Any, spec: TableSpec, source: Path) -> tuple[ClaimSpec, ...]:
     """Build and check the ``[[claims]]`` entries of ``source``; errors name the file, the claim and the field."""
+    if not isinstance(raw, list):
+        raise UserError(f"{source}: claims must be a list of [[claims]] tables")
     claims: list[ClaimSpec] = []
-    for index, item in enumerate(_typed(raw, list, f"{source}: claims")):
-        place = f"{source}: claims[{index}]"
-        item = _typed(item, dict, place)
-        _check_keys(item, _FIELDS, place)
-        for required in ("id", "statement", "kind"):
-            if required not in item:
-                raise UserError(f"{place}: missing {required!r}")
-        claim_id = _typed(item["id"], str, f"{place}: id")
-        place = f"{source}: claim {claim_id!r}"
-        if not ID_PATTERN.match(claim_id):
-            raise UserError(f"{place}: id must look like 'T4-small' (T, the table's number, '-', lowercase letters)")
-        if claim_id in (claim.id for claim in claims):
+    for index, item in enumerate(raw):
+        claim = schema.read(ClaimSpec, item, f"{source}: claims[{index}]", fixed={"table": spec.name})
+        place = f"{source}: claim {claim.id!r}"
+        if claim.id in (other.id for other in claims):
             raise UserError(f"{place}: duplicate claim id")
-        kind = _typed(item["kind"], str, f"{place}: kind")
-        if kind not in KINDS:
-            raise UserError(f"{place}: kind {kind!r} must be one of {', '.join(KINDS)}")
-        claim = ClaimSpec(
-            id=claim_id,
-            table=spec.name,
-            statement=_typed(item["statement"], str, f"{place}: statement").strip(),
-            kind=kind,  # type: ignore[arg-type]  # checked against KINDS above
-            rows=_strings(item.get("rows", []), f"{place}: rows"),
-            pairs=tuple(
-                _strings(pair, f"{place}: pairs", 2) for pair in _typed(item.get("pairs", []), list, f"{place}: pairs")
-            ),
-            deltas=_numbers(item.get("deltas", []), f"{place}: deltas"),
-            band=_numbers(item.get("band", []), f"{place}: band"),
-            metrics=_strings(item.get("metrics", ["AP"]), f"{place}: metrics"),
-            margin=_number(item.get("margin", DEFAULT_MARGIN), f"{place}: margin"),
-        )
         check_claim(claim, spec, place)
         claims.append(claim)
     return tuple(claims)
@@ -153,11 +135,7 @@ def parse_claims(raw: Any, spec: TableSpec, source: Path) -> tuple[ClaimSpec, ..
 
 def check_claim(claim: ClaimSpec, spec: TableSpec, place: str) -> None:
     """The rules between fields and against the table; ``place`` names the file and the claim."""
-    if not claim.statement:
-        raise UserError(f"{place}: statement must be the paper's words, not empty")
-    if not claim.margin > 0:
-        raise UserError(f"{place}: margin = {claim.margin!r} must be > 0 (percent points)")
-    if claim.metrics == () or len(set(claim.metrics)) != len(claim.metrics):
+    if len(set(claim.metrics)) != len(claim.metrics):
         raise UserError(f"{place}: metrics {list(claim.metrics)} must name each metric once")
     for metric in claim.metrics:
         if metric not in spec.metrics:
@@ -186,8 +164,8 @@ def _check_flat(claim: ClaimSpec, place: str) -> None:
         raise UserError(f"{place}: pairs: a flat claim takes its sweep as rows")
     if claim.deltas:
         raise UserError(f"{place}: deltas: a flat claim takes the paper's band, not deltas")
-    if len(claim.band) != 2 or claim.band[0] > claim.band[1]:
-        raise UserError(f"{place}: band = {list(claim.band)} must be the paper's [lowest, highest] value over the rows")
+    if not claim.band:
+        raise UserError(f"{place}: band: a flat claim needs the paper's [lowest, highest] value over the rows")
     if len(claim.metrics) != 1:
         raise UserError(f"{place}: metrics: a flat claim judges one metric")
 
@@ -214,16 +192,3 @@ def _check_deltas(claim: ClaimSpec, place: str) -> None:
     for delta in claim.deltas:
         if not check(delta):
             raise UserError(f"{place}: deltas: {delta} must be {text} for a {claim.kind} claim")
-
-
-_FIELDS = {f.name for f in dataclasses.fields(ClaimSpec)} - {"table"}
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{where} = {value!r} must be a finite number (percent points)")
-    return float(value)
-
-
-def _numbers(value: Any, where: str) -> tuple[float, ...]:
-    return tuple(_number(item, where) for item in _typed(value, list, where))

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from atssrepro import config as cfg
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import warn
 from atssrepro.harness.plan import row_seeds, run_ids_by_row
 from atssrepro.harness.specs import TableSpec
-from atssrepro.harness.store import CORRUPT, Store
+from atssrepro.harness.store import Store
 
 COLUMNS = [
     "table", "row", "label", "preset", "run_preset", "seed", "run_id", "state", "metric", "reproduced", "published",
@@ -25,21 +27,23 @@ COLUMNS = [
 
 def collect(
     specs: Sequence[TableSpec],
-    preset: str = "paper",
+    preset: cfg.Preset | str = cfg.PAPER,
     seeds: int = 1,
     store: Store | None = None,
     data_root: str | None = None,
 ) -> pd.DataFrame:
     """One line per (table, row, seed, metric) with the reproduced and the published value.
 
-    Columns: ``table``, ``row`` (row id), ``label``, ``preset`` (the one asked for), ``run_preset``
-    (the one the run recorded in its run.json: "" before it starts), ``seed`` (-1 for reference-only
-    rows), ``run_id``, ``state`` (done, running, pending, failed, diverged, interrupted, "not run"
-    or "reference"), ``metric``, ``reproduced`` and ``published`` (percent; NaN when absent).
+    Columns: ``table``, ``row`` (row id), ``label``, ``preset`` (its name), ``run_preset`` (the
+    preset the run recorded in its run.json: "" before it starts), ``seed`` (-1 for reference-only
+    rows), ``run_id``, ``state`` (a ``RunState``: done, running, pending, failed, diverged,
+    interrupted, corrupt, not run or reference), ``metric``, ``reproduced`` and ``published``
+    (percent; NaN when absent).
     A row's runs are found again by resolving it exactly as ``atssrepro run`` did, so pass the
     same preset, seeds and data root.
     """
     store = store or Store()
+    preset = cfg.as_preset(preset)
     ids = run_ids_by_row(specs, preset, seeds, data_root)
     lines = []
     for spec in specs:
@@ -47,9 +51,8 @@ def collect(
             if row.reference_only:
                 for metric in spec.metrics:
                     published = row.published.get(metric, math.nan)
-                    lines.append(
-                        [spec.name, row.id, row.label, preset, "", -1, "", "reference", metric, math.nan, published]
-                    )
+                    line = [spec.name, row.id, row.label, preset.name, "", -1, "", RunState.REFERENCE, metric]
+                    lines.append([*line, math.nan, published])
                 continue
             for seed in row_seeds(row, seeds):
                 run_id = ids[(spec.name, row.id, seed)]
@@ -57,11 +60,11 @@ def collect(
                 stats = metrics["stats"] if metrics else {}
                 state = store.state(run_id)
                 run_preset = store.info(run_id).get("preset", "")
-                if state == CORRUPT:
+                if state is RunState.CORRUPT:
                     warn(f"{store.corruption(run_id)}: shown as corrupt")
-                if row.tta and state == "done" and metrics is None:
-                    state = "pending"  # trained, multi-scale evaluation still to do
-                run_fields = [spec.name, row.id, row.label, preset, run_preset, seed, run_id, state]
+                if row.tta and state is RunState.DONE and metrics is None:
+                    state = RunState.PENDING  # trained, multi-scale evaluation still to do
+                run_fields = [spec.name, row.id, row.label, preset.name, run_preset, seed, run_id, state]
                 for metric in spec.metrics:
                     value = stats.get(metric)
                     reproduced = 100 * value if value is not None and value >= 0 else math.nan

@@ -1,14 +1,17 @@
-"""Where planned runs execute. Every executor takes the same list of runs and reports outcomes.
+"""The local queue: planned runs packed onto this machine's device slots.
 
-:class:`QueueExecutor` trains the runs on this machine, packed onto device slots, each run in
-its own ``atssrepro train`` process with its output appended to ``<run>/train.log``. On Ctrl-C
-it passes the signal on to the training processes (which checkpoint their last iteration), waits
-for them and raises KeyboardInterrupt. ``harness/slurm.py`` holds the other executor.
+:class:`QueueExecutor` runs each run in its own process (``python -m atssrepro.harness.worker``,
+through torchrun for DDP), which executes it with ``runner.execute_job``, its output appended to
+``<run>/train.log``. On Ctrl-C it passes the signal on to those processes (which checkpoint their
+last iteration), waits for them and raises KeyboardInterrupt. The preparation both executors share
+(:func:`prepare`, :func:`missing_checkpoint`, :func:`fetch_pretrained`, :func:`check_batch_split`)
+is here too; ``harness/slurm.py`` holds the other executor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -16,33 +19,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from rich.console import Console
 
 from atssrepro import config as cfg
-from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.run_dir import RunBusy
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
+from atssrepro.harness.runner import Job, Outcome
 from atssrepro.harness.store import Store
 from atssrepro.model import pretrained
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    state: str
-    """done, skipped (already done), busy (another process trains it), failed, diverged; on
-    Slurm also submitted and queued (in the queue already)."""
-    message: str = ""
-
-
-class Executor(Protocol):
-    def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]: ...
 
 
 def torchrun(processes: int) -> list[str]:
@@ -50,38 +43,18 @@ def torchrun(processes: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
 
 
-def train_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
-    """Train (or resume) and evaluate the prepared run folder ``run_dir``.
+def job_of(run: PlannedRun, store: Store) -> Job:
+    """The job that executes ``run`` in its folder of ``store``."""
+    official = str(run.checkpoint.resolve()) if run.checkpoint else ""
+    return Job(str(store.run(run.run_id).path.resolve()), run.preset.name, run.tta, official)
+
+
+def worker_command(job: Job, outcome_file: Path, launcher: Sequence[str]) -> list[str]:
+    """Execute ``job`` in a process of its own, its outcome written to ``outcome_file``.
 
     ``launcher`` starts the Python module: the interpreter, or :func:`torchrun` for DDP.
     """
-    return [*launcher, "-m", "atssrepro", "train", "--config", f"{run_dir}/config.toml", "--out", run_dir]
-
-
-def eval_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
-    return [*launcher, "-m", "atssrepro", "eval", run_dir]
-
-
-def tta_command(run_dir: str, launcher: Sequence[str]) -> list[str]:
-    return [*eval_command(run_dir, launcher), "--tta"]
-
-
-def import_command(run_dir: str, checkpoint: Path) -> list[str]:
-    """Import an official checkpoint into the prepared run folder ``run_dir`` (one process)."""
-    return [sys.executable, "-m", "atssrepro", "import", "official", str(checkpoint), "--config",
-            f"{run_dir}/config.toml", "--out", run_dir]  # fmt: skip
-
-
-def run_commands(run: PlannedRun, folder: RunDir, launcher: Sequence[str]) -> list[list[str]]:
-    """What a run executes, in order: train (or, evaluation only, import the official checkpoint
-    unless an earlier start did, and evaluate it), then the multi-scale evaluation if a row needs it."""
-    run_dir = str(folder.path)
-    if run.checkpoint is None:
-        commands = [train_command(run_dir, launcher)]
-    else:
-        imported = folder.checkpoint_path.exists()
-        commands = [*([] if imported else [import_command(run_dir, run.checkpoint)]), eval_command(run_dir, launcher)]
-    return commands + ([tta_command(run_dir, launcher)] if run.tta else [])
+    return [*launcher, "-m", "atssrepro.harness.worker", json.dumps(job.to_dict()), str(outcome_file)]
 
 
 def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
@@ -93,8 +66,8 @@ def missing_checkpoint(run: PlannedRun, store: Store) -> Outcome | None:
         f"{run.checkpoint.name} not found in {run.checkpoint.parent}: download this official checkpoint "
         "from the model zoo of github.com/sfzhang15/ATSS (README) into --zoo-dir"
     )
-    store.run(run.run_id).set_state("failed", message=message)
-    return Outcome(run.run_id, "failed", message)
+    store.run(run.run_id).set_state(RunState.FAILED, message=message)
+    return Outcome(run.run_id, RunState.FAILED, message)
 
 
 def fetch_pretrained(runs: Sequence[PlannedRun], store: Store, force: bool) -> None:
@@ -117,7 +90,7 @@ def prepare(run: PlannedRun, store: Store, force: bool) -> bool:
     folder = store.run(run.run_id)
     if force and folder.path.exists():
         shutil.rmtree(folder.path)
-    folder.init(run.config, run.preset)
+    folder.init(run.config, run.preset.name)
     done = folder.metrics_path.exists()
     return not (done and (not run.tta or store.run(run.run_id, tta=True).metrics_path.exists()))
 
@@ -241,49 +214,48 @@ def run_one(
     console: Console,
     slot: Slot,
 ) -> Outcome:
-    """Train ``run`` on ``slot``, then evaluate it with TTA if a row needs that; report progress
-    on ``console``. The slot is noted as ``devices`` in the run's run.json. ``position`` prefixes
-    the lines, e.g. "[3/8]".
+    """Execute ``run`` on ``slot`` (train, or import and evaluate; then TTA if a row needs it);
+    report progress on ``console``. The slot is noted as ``devices`` in the run's run.json.
+    ``position`` prefixes the lines, e.g. "[3/8]".
     """
     rows = ", ".join(map(str, run.rows))
     if not prepare(run, store, force):
         console.print(f"{position} {run.run_id} ({rows}): done already")
-        return Outcome(run.run_id, "skipped", "already done")
+        return Outcome(run.run_id, RunState.SKIPPED, "already done")
     missing = missing_checkpoint(run, store)
     if missing is not None:
         console.print(f"{position} {run.run_id} ({rows}): failed {missing.message}", highlight=False)
         return missing
     folder = store.run(run.run_id)
-    launcher, env = slot.launcher(), slot.env()
     # Under the run's lock, so as not to write over a process training it (it then reports busy).
-    with contextlib.suppress(UserError), folder.lock():
+    with contextlib.suppress(RunBusy), folder.lock():
         folder.set_state(folder.info()["state"], devices=str(slot))
     doing = "training" if run.checkpoint is None else f"importing {run.checkpoint.name} and evaluating"
     console.print(f"{position} {run.run_id} ({rows}): {doing} on {slot}")
-    commands = run_commands(run, folder, launcher)
-    outcome = Outcome(run.run_id, "done")
-    with open(folder.path / "train.log", "a") as log:
-        for command in commands:
-            code = children.call(command, log, env)
-            if code != 0:
-                outcome = _failure(run, store, code)
-                break
+    with tempfile.TemporaryDirectory(prefix="atssrepro-") as scratch:
+        outcome_file = Path(scratch) / "outcome.json"
+        command = worker_command(job_of(run, store), outcome_file, slot.launcher())
+        with open(folder.path / "train.log", "a") as log:
+            code = children.call(command, log, slot.env())
+        outcome = Outcome(run.run_id, RunState.DONE) if code == 0 else _failure(run, store, code, outcome_file)
     console.print(f"{position} {run.run_id}: {outcome.state} {outcome.message}")
     return outcome
 
 
-def _failure(run: PlannedRun, store: Store, code: int) -> Outcome:
+def _failure(run: PlannedRun, store: Store, code: int, outcome_file: Path) -> Outcome:
+    """The outcome of a worker that exited with ``code``: as it wrote it, else as the run folder says."""
+    if outcome_file.is_file():
+        record = json.loads(outcome_file.read_text(encoding="utf-8"))
+        return Outcome(run.run_id, RunState(record["state"]), record["message"])
     folder = store.run(run.run_id)
     lines = (folder.path / "train.log").read_text().strip().splitlines()
     message = lines[-1] if lines else f"exit code {code}"
-    if "being trained by another process" in message:
-        return Outcome(run.run_id, "busy", message)
     state = store.info(run.run_id).get("state")  # as the run recorded it
-    if state not in ("failed", "diverged", "interrupted"):
+    if state not in (RunState.FAILED, RunState.DIVERGED, RunState.INTERRUPTED):
         # Killed without a word (out of memory, SIGKILL): record it for `status`.
-        state = "failed"
-        folder.set_state("failed", message=message)
-    return Outcome(run.run_id, state, message)
+        state = RunState.FAILED
+        folder.set_state(state, message=message)
+    return Outcome(run.run_id, RunState(state), message)
 
 
 class QueueExecutor:
@@ -321,7 +293,7 @@ class QueueExecutor:
                 except Stopped:
                     return
                 except Exception as e:  # a broken run folder fails its run, not the queue
-                    outcomes[index] = Outcome(run.run_id, "failed", f"{type(e).__name__}: {e}")
+                    outcomes[index] = Outcome(run.run_id, RunState.FAILED, f"{type(e).__name__}: {e}")
 
         self.console.print(f"{len(self.slots)} slot(s): {' | '.join(map(str, self.slots))}")
         threads = [threading.Thread(target=work, args=(slot,), name=f"slot {slot}") for slot in self.slots]

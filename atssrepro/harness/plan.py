@@ -12,7 +12,6 @@ from the same config.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ class PlannedRun:
 
     run_id: str
     config: cfg.Config
-    preset: str
+    preset: cfg.Preset
     seed: int
     rows: list[RowRef] = field(default_factory=list)
     tta: bool = False
@@ -57,34 +56,27 @@ class PlannedRun:
         return 0 if self.checkpoint else self.config.train.iterations * self.config.train.batch_size
 
 
-def base_config(spec: TableSpec, preset: str, data_root: str | None = None) -> cfg.Config:
+def base_config(spec: TableSpec, preset: cfg.Preset | str, data_root: str | None = None) -> cfg.Config:
     """The table's ``[base]`` on the defaults, with the preset and data root applied."""
-    config = cfg.apply(cfg.Config(), spec.base, f"{spec.source}: [base]")
-    return _finish(config, preset, data_root, spec)
+    return cfg.build_config(_base(spec), preset, data_root=data_root)
 
 
-def resolve_row(spec: TableSpec, row: RowSpec, preset: str, seed: int, data_root: str | None = None) -> cfg.Config:
-    """defaults -> table base -> row config -> preset -> seed -> data root.
+def resolve_row(
+    spec: TableSpec, row: RowSpec, preset: cfg.Preset | str, seed: int, data_root: str | None = None
+) -> cfg.Config:
+    """defaults -> table base -> row config -> preset -> seed -> data root (``config.build_config``).
 
     An evaluation-only row has no pretrained weights (``model.backbone.weights = ""``): its
     checkpoint holds every weight, and the imported run folder records exactly that config.
     """
-    config = cfg.apply(cfg.Config(), spec.base, f"{spec.source}: [base]")
-    config = cfg.apply(config, row.config, f"{spec.source}: row {row.id!r}")
+    layers = [cfg.Layer(row.config, f"{spec.source}: row {row.id!r}")]
     if row.evaluation_only:
-        config = cfg.apply(config, {"model": {"backbone": {"weights": ""}}}, f"{spec.source}: row {row.id!r}")
-    config = _finish(config, preset, data_root, spec)
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        layers.append(cfg.Layer({"model": {"backbone": {"weights": ""}}}, f"{spec.source}: row {row.id!r}"))
+    return cfg.build_config(_base(spec), preset, data_root=data_root, row=layers, seed=seed)
 
 
-def _finish(config: cfg.Config, preset: str, data_root: str | None, spec: TableSpec) -> cfg.Config:
-    if preset not in cfg.PRESETS:
-        raise UserError(f"unknown preset {preset!r} (presets: {', '.join(cfg.PRESETS)})")
-    config = cfg.apply(config, cfg.PRESETS[preset], f"preset {preset!r}")
-    if data_root is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=data_root))
-    cfg.check_consistency(config)
-    return config
+def _base(spec: TableSpec) -> cfg.Layer:
+    return cfg.Layer(spec.base, f"{spec.source}: [base]")
 
 
 def row_seeds(row: RowSpec, seeds: int) -> range:
@@ -130,7 +122,7 @@ def flat_diff(config: cfg.Config, reference: cfg.Config) -> dict[str, Any]:
 
 def plan(
     specs: Sequence[TableSpec],
-    preset: str,
+    preset: cfg.Preset | str,
     rows: Sequence[str] = (),
     seeds: int = 1,
     data_root: str | None = None,
@@ -144,6 +136,7 @@ def plan(
     """
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
+    preset = cfg.as_preset(preset)
     wanted = set(rows)
     known = {row.id for spec in specs for row in spec.rows}
     unknown = wanted - known
@@ -155,7 +148,7 @@ def plan(
         for row in spec.runnable_rows:
             if wanted and row.id not in wanted:
                 continue
-            if row.evaluation_only and preset != "paper":
+            if row.evaluation_only and preset.overrides:
                 raise UserError(
                     f"{spec.source}: row {row.id!r} evaluates an official checkpoint as it is: use --preset paper"
                 )
@@ -172,7 +165,7 @@ def plan(
     return list(runs.values())
 
 
-def run_ids_by_row(specs: Sequence[TableSpec], preset: str, seeds: int, data_root: str | None) -> dict:
+def run_ids_by_row(specs: Sequence[TableSpec], preset: cfg.Preset | str, seeds: int, data_root: str | None) -> dict:
     """{(table, row, seed): run id} for every runnable row: how results are found again."""
     ids = {}
     for spec in specs:

@@ -18,31 +18,35 @@ data: nothing in them is executed, and every config key is checked against :clas
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from atssrepro import config as cfg
+from atssrepro import schema
 from atssrepro.engine.coco_eval import COCO_STATS
 from atssrepro.errors import UserError
+from atssrepro.schema import Rule
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-Layout = Literal["rows", "grid", "checklist"]
+SOURCE_KEY = re.compile(r"\bS[0-9]+\b")
+"""A source key as the specs' text cites it: S1, S4, ..."""
+ROW_ID = Rule(lambda v: bool(ID_PATTERN.match(v)), "lowercase letters, digits and underscores")
+PERCENT = Rule(lambda v: 0 <= v <= 100, "a number in 0..100 (percent)")
 
 
 @dataclass(frozen=True)
 class RowSpec:
-    id: str
-    """Unique within the table: lowercase letters, digits and underscores."""
+    id: Annotated[str, ROW_ID]
+    """Unique within the table."""
     label: str
     """The row's (or column's) name as the paper prints it."""
     config: dict[str, Any] = field(default_factory=dict)
     """Config fields on top of the table's base, as nested TOML (``model.assign.topk = 7``)."""
-    published: dict[str, float] = field(default_factory=dict)
+    published: Annotated[dict[str, float], PERCENT] = field(default_factory=dict)
     """The paper's numbers for this row, in percent; a metric the paper leaves blank is absent."""
     tta: bool = False
     """Evaluate the trained run with multi-scale + flip testing (Table 8's 50.x rows): the run is
@@ -71,16 +75,19 @@ class RowSpec:
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    """The file's stem: ``table1``..``table8``."""
+    """The file's stem: ``table1``..``table8``, ``zoo``."""
     title: str
     caption: str
     metrics: tuple[str, ...]
     """The metrics the paper reports, in its column order (names of ``COCO_STATS``)."""
     rows: tuple[RowSpec, ...]
     base: dict[str, Any] = field(default_factory=dict)
-    layout: Layout = "rows"
+    layout: Literal["rows", "grid", "checklist"] = "rows"
     status: str = ""
-    """How well the published numbers are confirmed (ATSS_TABLES.md)."""
+    """How well the published numbers are confirmed, citing the keys of ``sources``."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """What each source key cited in ``status`` and the notes means: ``S1 = "arXiv v4 text of the
+    paper (1912.02424)"``. Every report prints them, so that it stands on its own."""
     note: str = ""
     split: str = "minival"
     """The split of the published numbers; the reproduction always evaluates on data.val_ann."""
@@ -91,6 +98,9 @@ class TableSpec:
     grid_corner: str = ""
     checks: tuple[str, ...] = ()
     """layout "checklist": the items, one line each, ticked per column."""
+    sweep_axis: str = ""
+    """A table that sweeps one value over its rows (Tables 4-6): the value in words, the x-axis of
+    its plot (``report --plots``). Labels that all parse as numbers give a numeric axis."""
     source: Path = Path()
 
     def row(self, row_id: str) -> RowSpec:
@@ -134,95 +144,36 @@ def load_table(name_or_path: str | Path, directory: Path = TABLES_DIR) -> TableS
 def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
     """Build a :class:`TableSpec` from parsed TOML, checking every field; errors name ``path`` and the place."""
     where = str(path)
-    table_fields = _fields(TableSpec) - {"name", "rows", "source"}
-    _check_keys(data, table_fields | {"rows"}, where)
-    for required in ("title", "caption", "metrics", "rows"):
-        if required not in data:
-            raise UserError(f"{where}: missing {required!r}")
-    metrics = _strings(data["metrics"], f"{where}: metrics")
-    for metric in metrics:
+    spec = schema.read(TableSpec, data, where, fixed={"name": path.stem, "source": path})
+    for metric in spec.metrics:
         if metric not in COCO_STATS:
             raise UserError(f"{where}: metrics: {metric!r} is not a COCO metric (one of {', '.join(COCO_STATS)})")
-    if len(set(metrics)) != len(metrics):
-        raise UserError(f"{where}: metrics {list(metrics)} names a metric twice")
-    base = _typed(data.get("base", {}), dict, f"{where}: base")
-    _check_config(base, f"{where}: [base]")
-
-    rows: list[RowSpec] = []
+    if len(set(spec.metrics)) != len(spec.metrics):
+        raise UserError(f"{where}: metrics {list(spec.metrics)} names a metric twice")
+    _check_config(spec.base, f"{where}: [base]")
     seen: set[str] = set()
-    for index, raw in enumerate(_typed(data["rows"], list, f"{where}: rows")):
-        place = f"{where}: rows[{index}]"
-        raw = _typed(raw, dict, place)
-        _check_keys(raw, _fields(RowSpec), place)
-        for required in ("id", "label"):
-            if required not in raw:
-                raise UserError(f"{place}: missing {required!r}")
-        row_id = raw["id"]
-        place = f"{where}: row {row_id!r}"
-        if not isinstance(row_id, str) or not ID_PATTERN.match(row_id):
-            raise UserError(f"{place}: id must be lowercase letters, digits and underscores")
-        if row_id in seen:
+    for row in spec.rows:
+        place = f"{where}: row {row.id!r}"
+        if row.id in seen:
             raise UserError(f"{place}: duplicate row id")
-        seen.add(row_id)
-        published = _typed(raw.get("published", {}), dict, f"{place}: published")
-        for metric, value in published.items():
-            if metric not in metrics:
+        seen.add(row.id)
+        for metric in row.published:
+            if metric not in spec.metrics:
                 raise UserError(
-                    f"{place}: published {metric!r} is not among the metrics this table reports ({', '.join(metrics)})"
+                    f"{place}: published {metric!r} is not among the metrics this table reports "
+                    f"({', '.join(spec.metrics)})"
                 )
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-                raise UserError(f"{place}: published {metric} = {value!r} must be a number in 0..100 (percent)")
-        config = _typed(raw.get("config", {}), dict, f"{place}: config")
-        if raw.get("reference_only") and (config or raw.get("tta") or raw.get("checkpoint")):
+        if row.reference_only and (row.config or row.tta or row.checkpoint):
             raise UserError(f"{place}: a reference_only row has no config, tta or checkpoint: it is never run")
-        checkpoint = _typed(raw.get("checkpoint", ""), str, f"{place}: checkpoint")
-        if checkpoint and (Path(checkpoint).is_absolute() or ".." in Path(checkpoint).parts):
-            raise UserError(f"{place}: checkpoint {checkpoint!r} must be a file name inside --zoo-dir")
-        _check_config(config, f"{place}: config")
-        row = RowSpec(
-            id=row_id,
-            label=_typed(raw["label"], str, f"{place}: label"),
-            config=config,
-            published={k: float(v) for k, v in published.items()},
-            tta=_typed(raw.get("tta", False), bool, f"{place}: tta"),
-            reference_only=_typed(raw.get("reference_only", False), bool, f"{place}: reference_only"),
-            checkpoint=checkpoint,
-            note=_typed(raw.get("note", ""), str, f"{place}: note"),
-            section=_typed(raw.get("section", ""), str, f"{place}: section"),
-            info={
-                k: _typed(v, str, f"{place}: info.{k}")
-                for k, v in _typed(raw.get("info", {}), dict, f"{place}: info").items()
-            },
-            grid=_strings(raw.get("grid", ["", ""]), f"{place}: grid", length=2),
-            checked=_strings(raw.get("checked", []), f"{place}: checked"),
-        )
-        rows.append(row)
-
-    spec = TableSpec(
-        name=path.stem,
-        title=_typed(data["title"], str, f"{where}: title"),
-        caption=_typed(data["caption"], str, f"{where}: caption"),
-        metrics=metrics,
-        rows=tuple(rows),
-        base=base,
-        layout=_typed(data.get("layout", "rows"), str, f"{where}: layout"),
-        status=_typed(data.get("status", ""), str, f"{where}: status"),
-        note=_typed(data.get("note", ""), str, f"{where}: note"),
-        split=_typed(data.get("split", "minival"), str, f"{where}: split"),
-        info_columns=_strings(data.get("info_columns", []), f"{where}: info_columns"),
-        grid_rows=_strings(data.get("grid_rows", []), f"{where}: grid_rows"),
-        grid_columns=_strings(data.get("grid_columns", []), f"{where}: grid_columns"),
-        grid_corner=_typed(data.get("grid_corner", ""), str, f"{where}: grid_corner"),
-        checks=_strings(data.get("checks", []), f"{where}: checks"),
-        source=path,
-    )
+        if row.checkpoint and (Path(row.checkpoint).is_absolute() or ".." in Path(row.checkpoint).parts):
+            raise UserError(f"{place}: checkpoint {row.checkpoint!r} must be a file name inside --zoo-dir")
+        _check_config(row.config, f"{place}: config")
     _check_layout(spec, where)
+    _check_sources(spec, where)
     return spec
 
 
 def _check_layout(spec: TableSpec, where: str) -> None:
-    if spec.layout not in ("rows", "grid", "checklist"):
-        raise UserError(f"{where}: layout {spec.layout!r} must be one of 'rows', 'grid', 'checklist'")
     for row in spec.rows:
         unknown_info = set(row.info) - set(spec.info_columns)
         if unknown_info:
@@ -240,31 +191,21 @@ def _check_layout(spec: TableSpec, where: str) -> None:
             raise UserError(f"{where}: two rows fill the same grid cell")
 
 
-def _fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise UserError(f"{where}: unknown field {key!r}{suggestion} (fields: {', '.join(sorted(allowed))})")
-
-
-def _typed(value: Any, kind: type, where: str) -> Any:
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise UserError(f"{where}: expected a {kind.__name__}, got {value!r}")
-    return value
-
-
-def _strings(value: Any, where: str, length: int | None = None) -> tuple[str, ...]:
-    """A list of strings (of ``length`` items, when given)."""
-    items = _typed(value, list, where)
-    if not all(isinstance(item, str) for item in items) or (length is not None and len(items) != length):
-        count = f"{length} " if length is not None else ""
-        raise UserError(f"{where}: expected a list of {count}strings, got {value!r}")
-    return tuple(items)
+def _check_sources(spec: TableSpec, where: str) -> None:
+    """Every source key that the spec's text cites is defined in its ``[sources]``."""
+    texts = {"status": spec.status, "note": spec.note, "sources": " ".join(spec.sources.values())}
+    texts |= {f"row {row.id!r}: note": row.note for row in spec.rows}
+    for key in spec.sources:
+        if not SOURCE_KEY.fullmatch(key):
+            raise UserError(f"{where}: sources: key {key!r} must be S and a number (S1, S4, ...)")
+    for place, text in texts.items():
+        for key in SOURCE_KEY.findall(text):
+            if key not in spec.sources:
+                defined = ", ".join(spec.sources) or "none"
+                raise UserError(
+                    f"{where}: {place} cites source {key}, which [sources] does not define (defined: {defined}); "
+                    f'add it: [sources] {key} = "what the source is"'
+                )
 
 
 def _check_config(overrides: dict[str, Any], where: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from atssrepro.engine.run_state import RunState
 from atssrepro.harness.plan import PlannedRun
+from atssrepro.harness.slurm_queue import merged_state, slurm_states
 from atssrepro.harness.store import Store
 
 
@@ -13,9 +15,9 @@ from atssrepro.harness.store import Store
 class RunStatus:
     run_id: str
     rows: list[str]
-    state: str
+    state: RunState
     """The run folder's state (``Store.state``); for a Slurm job, merged with the job's
-    (``slurm.merged_state``): pending, running, requeued, cancelled, failed, done..."""
+    (``slurm_queue.merged_state``): pending, running, requeued, cancelled, failed, done..."""
     iteration: int | None
     """The last logged training iteration, of ``iterations``."""
     iterations: int
@@ -34,10 +36,7 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
     """The status of every run in ``runs``; one squeue (and sacct) call for all their jobs."""
     infos = {run.run_id: store.info(run.run_id) for run in runs}
     job_ids = [info["slurm_job_id"] for info in infos.values() if "slurm_job_id" in info]
-    if job_ids:  # the Slurm module loads torch: only for runs that went to Slurm
-        from atssrepro.harness.slurm import merged_state, slurm_states
-
-        jobs = slurm_states(job_ids)
+    jobs = slurm_states(job_ids)
     statuses = []
     for run in runs:
         info, log = infos[run.run_id], store.last_log(run.run_id)

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from atssrepro.engine.run_dir import RunDir
+from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
-
-NOT_RUN = "not run"
-CORRUPT = "corrupt"
 
 
 class Store:
@@ -39,16 +37,16 @@ class Store:
             if problem:
                 raise UserError(problem)
 
-    def state(self, run_id: str) -> str:
-        """pending, running, done, failed, diverged, interrupted (stopped by a signal, or marked
-        running while no live process holds it: killed), or "not run" when the folder does not
-        exist, or "corrupt" when one of its records is (see ``corruption``). Every state but done
-        resumes from the run's checkpoint on the next start."""
+    def state(self, run_id: str) -> RunState:
+        """The state run.json records, except: ``NOT_RUN`` when the folder does not exist,
+        ``CORRUPT`` when one of its records is (see ``corruption``), and ``INTERRUPTED`` for a run
+        marked running while no live process holds it (killed). Every state but done resumes from
+        the run's checkpoint on the next start."""
         if self.corruption(run_id):
-            return CORRUPT
-        state = self.info(run_id).get("state", NOT_RUN)
-        if state == "running" and not self.run(run_id).is_locked():
-            return "interrupted"
+            return RunState.CORRUPT
+        state = RunState(self.info(run_id).get("state", RunState.NOT_RUN))
+        if state is RunState.RUNNING and not self.run(run_id).is_locked():
+            return RunState.INTERRUPTED
         return state
 
     def metrics(self, run_id: str, tta: bool = False) -> dict[str, Any] | None:

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from atssrepro.config import Preset
+
 
 @dataclass(frozen=True)
 class Throughput:
@@ -77,10 +79,10 @@ def device_hours(images: int, device: str) -> float | None:
     return None if row is None else images / row.img_per_s / 3600
 
 
-def cost_line(images: int, device: str, preset: str) -> str:
+def cost_line(images: int, device: str, preset: Preset) -> str:
     """One line for ``run --dry-run``: the hours the plan takes on ``device``, or why there are none."""
     row = lookup(device)
-    if preset != "paper":
+    if not preset.comparable:
         return "device-hours: given for --preset paper only (the throughputs were measured at its image size)"
     if images == 0:
         return "device-hours: none for training (evaluation only)"

@@ -7,8 +7,15 @@ from collections.abc import Sequence
 
 import torch
 
+from atssrepro.config import AnchorConfig
+
 STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
 """Total stride of P3..P7."""
+
+
+def anchors_per_location(config: AnchorConfig) -> int:
+    """A, the anchors at each location: every octave scale of every aspect ratio."""
+    return len(config.aspect_ratios) * config.scales_per_octave
 
 
 def cell_anchors(stride: int, scale: float, aspect_ratios: Sequence[float], scales_per_octave: int) -> torch.Tensor:

@@ -14,12 +14,12 @@ from torchvision.models.resnet import Bottleneck
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from atssrepro.config import BackboneConfig, ModelConfig
+from atssrepro.config import BackboneConfig
 from atssrepro.errors import UserError
 from atssrepro.model import pretrained
 from atssrepro.model.dcn import replace_with_dcn
 from atssrepro.model.detectron_pickle import official_backbone_state, read_blobs
-from atssrepro.model.official import BODY_PREFIX, convert_official_state_dict
+from atssrepro.model.official import BODY_PREFIX, convert_backbone_state_dict
 
 # Stages from the last to the first: trainable_stages = k leaves the first 5 - k frozen.
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -113,7 +113,7 @@ def load_msra_weights(resnet: nn.Module, config: BackboneConfig) -> None:
         state = official_backbone_state(read_blobs(path), dcn_layers)
     else:
         state = _read_state_dict(path)
-    converted = convert_official_state_dict(state, ModelConfig(backbone=config), backbone_only=True)
+    converted = convert_backbone_state_dict(state, resnet)
     resnet.load_state_dict({k.removeprefix(BODY_PREFIX): v for k, v in converted.items()}, strict=False)
 
 

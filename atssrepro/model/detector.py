@@ -7,7 +7,7 @@ from torch import nn
 
 from atssrepro.config import ModelConfig
 from atssrepro.model import assign
-from atssrepro.model.anchors import anchor_strides, grid_anchors
+from atssrepro.model.anchors import anchor_strides, anchors_per_location, grid_anchors
 from atssrepro.model.backbone import ResNetFPN
 from atssrepro.model.box_coder import DeltaCoder, PointCoder
 from atssrepro.model.head import DetectionHead
@@ -33,8 +33,7 @@ class OneStageDetector(nn.Module):
         self.config = config
         self.num_classes = num_classes
         self.backbone = ResNetFPN(config.backbone, config.fpn_channels, config.p6_from)
-        anchors = config.anchors
-        self.anchors_per_location = len(anchors.aspect_ratios) * anchors.scales_per_octave
+        self.anchors_per_location = anchors_per_location(config.anchors)
         point = config.regression == "point"
         self.coder = PointCoder() if point else DeltaCoder()
         self.head = DetectionHead(

@@ -190,23 +190,3 @@ def combine_losses(groups: list[LossTerms], config: LossConfig) -> dict[str, tor
     if groups[0].centerness is not None:
         losses["centerness"] = sum(g.centerness for g in groups) / count / num_pos
     return losses
-
-
-def detection_losses(
-    cls_logits: torch.Tensor,
-    box_regression: torch.Tensor,
-    centerness: torch.Tensor | None,
-    anchors: torch.Tensor,
-    strides: torch.Tensor,
-    matched: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_labels: torch.Tensor,
-    coder: BoxCoder,
-    config: LossConfig,
-) -> dict[str, torch.Tensor]:
-    """The normalised losses of a batch that is one padding group: :func:`loss_terms`, then
-    :func:`combine_losses`. Arguments as :func:`loss_terms`."""
-    terms = loss_terms(
-        cls_logits, box_regression, centerness, anchors, strides, matched, gt_boxes, gt_labels, coder, config
-    )
-    return combine_losses([terms], config)

@@ -27,12 +27,12 @@ if FAULT:
     armed = False
     train, get_item, save = run_module.train, CocoDetection.__getitem__, checkpoint.save
 
-    def armed_train(config, run, device, console):
+    def armed_train(config, run, *args):
         global armed
         wanted_run = os.environ.get("ATSSREPRO_TEST_FAULT_RUN", run.path.name)
         wanted_rank = int(os.environ.get("ATSSREPRO_TEST_FAULT_RANK", distributed.rank()))
         armed = run.path.name == wanted_run and distributed.rank() == wanted_rank
-        return train(config, run, device, console)
+        return train(config, run, *args)
 
     def faulty_get_item(self, index):
         if armed and FAULT == "worker" and torch.utils.data.get_worker_info() is not None:

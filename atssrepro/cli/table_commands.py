@@ -1,0 +1,331 @@
+"""The commands of the paper's tables: ``run``, ``list``, ``show``, ``status``, ``cancel`` and ``report``.
+
+They plan the runs of table specs; only ``run`` without ``--dry-run`` imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from atssrepro.cli.common import (
+    DataOption,
+    PresetOption,
+    ResultsOption,
+    SeedsOption,
+    TablesArgument,
+    app,
+    check_torch_pair,
+    console,
+    make_table,
+    stdout,
+)
+from atssrepro.engine.run_state import RunState
+from atssrepro.errors import UserError
+
+
+def load_specs(tables: list[str] | None) -> list:
+    from atssrepro.harness.specs import available_tables, load_table
+
+    return [load_table(name) for name in (tables or available_tables())]
+
+
+class ExecutorName(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+@app.command()
+def run(
+    tables: list[str] = typer.Argument(..., help="Table names, e.g. table1 table3."),
+    preset: str = PresetOption,
+    rows: list[str] = typer.Option([], "--rows", help="Only these row ids (repeatable)."),
+    seeds: int = SeedsOption,
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
+    force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
+    gpu_type: str | None = typer.Option(
+        None, help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's)."
+    ),
+    executor: ExecutorName = typer.Option(
+        ExecutorName.local, "--executor", "-e", help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster."
+    ),
+    gpus: str | None = typer.Option(
+        None,
+        help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
+    ),
+    gpus_per_run: int = typer.Option(1, help="local: GPUs per run; with more than one a run trains with DDP."),
+    profile: str | None = typer.Option(
+        None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="slurm: stay until every job has ended, then summarize."),
+    zoo_dir: Path | None = typer.Option(
+        None, "--zoo-dir", help="The folder of the official checkpoints that evaluation-only rows (zoo) import."
+    ),
+) -> None:
+    """Train and evaluate every run the tables need; runs shared by several rows train once.
+
+    Evaluation-only rows (``atssrepro run zoo --zoo-dir DIR``) import an official checkpoint of
+    DIR and evaluate it; a missing file fails that row only.
+
+    Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
+    GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
+    runs go to the cluster as one job array and the command returns (unless --wait). A failing
+    run is recorded and the others go on; the exit code is 1 when any run did not finish.
+    """
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.store import Store
+
+    runs = plan(load_specs(tables), cfg.preset_named(preset), rows, seeds, data, zoo_dir)
+    if dry_run:
+        from atssrepro.harness.throughput import local_device
+
+        print_plan(runs, as_json, gpu_type or local_device())
+        return
+    if gpu_type is not None:
+        raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
+    if zoo_dir is None and any(run.checkpoint for run in runs):
+        raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
+    check_torch_pair()
+    store = Store(results)
+    if not force:
+        store.refuse_corrupt([r.run_id for r in runs])
+    if executor is ExecutorName.local:
+        from atssrepro.harness.executors import QueueExecutor, local_devices
+
+        if profile is not None or wait:
+            raise UserError("--profile and --wait are options of --executor slurm")
+        queue = QueueExecutor(console, local_devices(gpus), gpus_per_run)
+        try:
+            outcomes = queue.execute(runs, store, force)
+        except KeyboardInterrupt:
+            console.print("interrupted: the runs that were training saved their last iteration; run again to resume")
+            raise typer.Exit(130) from None
+    else:
+        from atssrepro.harness.slurm import SlurmExecutor
+        from atssrepro.harness.slurm_profile import load_profile
+
+        if gpus is not None or gpus_per_run != 1:
+            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
+        if profile is None:
+            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
+        slurm = SlurmExecutor(console, load_profile(profile))
+        outcomes = slurm.execute(runs, store, force)
+        if not wait:
+            counts = Counter(o.state for o in outcomes)
+            console.print(", ".join(f"{n} {state}" for state, n in counts.items()), highlight=False)
+            console.print("follow them with `atssrepro status`, collect them with `atssrepro report`")
+            return
+        try:
+            outcomes = slurm.wait(outcomes, store)
+        except KeyboardInterrupt:
+            console.print("stopped waiting; the jobs go on (`atssrepro status`, `atssrepro cancel`)")
+            raise typer.Exit(130) from None
+    failed = [o for o in outcomes if o.state not in (RunState.DONE, RunState.SKIPPED)]
+    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
+    if failed:
+        for outcome in failed:
+            console.print(f"  {outcome.run_id}: {outcome.state}: {outcome.message}", highlight=False)
+        raise typer.Exit(1)
+
+
+def print_plan(runs: list, as_json: bool, device: str) -> None:
+    from atssrepro.harness.throughput import cost_line, device_hours
+
+    if as_json:
+        for run in runs:
+            line = {
+                "run_id": run.run_id,
+                "rows": [str(r) for r in run.rows],
+                "preset": run.preset.name,
+                "seed": run.seed,
+                "tta": run.tta,
+                "config_diff": run.diff,
+                "cost_images": run.cost,
+                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+                "device": device,
+                "device_hours": device_hours(run.cost, device) if run.preset.comparable else None,
+            }
+            print(json.dumps(line))
+        return
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import assignments
+
+    table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
+    for run in runs:
+        diff = "\n".join(assignments(run.diff)) or "(base)"
+        cost = f"{run.cost:,}" if run.checkpoint is None else f"evaluation only: {run.checkpoint}"
+        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, cost)
+    stdout.print(table)
+    total = sum(r.cost for r in runs)
+    stdout.print(f"total: {total:,} training images", highlight=False)
+    stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER), highlight=False)
+
+
+@app.command("list")
+def list_tables(
+    results: Path = ResultsOption,
+    preset: str = PresetOption,
+    seeds: int = SeedsOption,
+    data: str | None = DataOption,
+) -> None:
+    """The tables, their rows and how many of their runs are done."""
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.store import Store
+
+    store = Store(results)
+    chosen = cfg.preset_named(preset)
+    table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
+    for spec in load_specs(None):
+        runs = plan([spec], chosen, (), seeds, data)
+        done = sum(store.state(r.run_id) is RunState.DONE for r in runs)
+        table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
+    stdout.print(table)
+
+
+@app.command()
+def show(
+    table_name: str = typer.Argument(..., metavar="TABLE"),
+    preset: str = PresetOption,
+    seeds: int = SeedsOption,
+    data: str | None = DataOption,
+) -> None:
+    """A table's rows: their config fields (as --set takes them), run ids and published numbers."""
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import assignments, resolve_row, row_run_id, row_seeds
+
+    chosen = cfg.preset_named(preset)
+    (spec,) = load_specs([table_name])
+    stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
+    if spec.base:
+        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False, soft_wrap=True)
+    table = make_table("row", "label", "config", "run", *spec.metrics)
+    for row in spec.rows:
+        run_ids = [] if row.reference_only else [
+            row_run_id(row, resolve_row(spec, row, chosen, seed, data)) for seed in row_seeds(row, seeds)
+        ]  # fmt: skip
+        published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
+        lines = assignments(row.config) + (["+ tta"] if row.tta else [])
+        config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
+        config = "(reference)" if row.reference_only else config or "(base)"
+        table.add_row(row.id, row.label, config, "\n".join(run_ids), *published)
+    stdout.print(table)
+
+
+@app.command()
+def status(
+    tables: list[str] | None = TablesArgument,
+    preset: str = PresetOption,
+    seeds: int = SeedsOption,
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
+) -> None:
+    """Each run's state, progress and last loss; for runs on Slurm, also their job, its state and node.
+
+    States: not run, pending, running, done, failed, diverged, interrupted (resumes on the next
+    run), corrupt; on Slurm also requeued (after a preemption or a time limit) and cancelled.
+    """
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.status import run_statuses
+    from atssrepro.harness.store import Store
+
+    statuses = run_statuses(plan(load_specs(tables), cfg.preset_named(preset), (), seeds, data), Store(results))
+    if as_json:
+        for status in statuses:
+            print(json.dumps(dataclasses.asdict(status)))
+        return
+    on_slurm = any(s.slurm_job_id for s in statuses)
+    slurm_columns = ("Slurm job", "node (or why it waits)", "requeues") if on_slurm else ()
+    table = make_table("run", "rows", "state", "iteration", "loss", *slurm_columns, "message")
+    for s in statuses:
+        iteration = f"{s.iteration}/{s.iterations}" if s.iteration is not None else "-"
+        loss = f"{s.loss:.3f}" if s.loss is not None else "-"
+        job = f"{s.slurm_job_id} {s.slurm_state.lower()}".strip()
+        where = s.node or (f"({s.reason})" if s.reason else "")
+        slurm_cells = (job, where, str(s.requeues) if s.slurm_job_id else "") if on_slurm else ()
+        table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message[:60])
+    stdout.print(table)
+
+
+@app.command()
+def cancel(
+    targets: list[str] = typer.Argument(..., metavar="TABLE|RUN...", help="Table names or run ids."),
+    preset: str = PresetOption,
+    seeds: int = SeedsOption,
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+) -> None:
+    """Cancel the Slurm jobs of every run of the tables, or of the runs given by id.
+
+    The runs keep their checkpoints: `atssrepro run` submits them again and they resume.
+    """
+    from atssrepro import config as cfg
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.slurm_queue import cancel_jobs, live_jobs
+    from atssrepro.harness.specs import available_specs, load_table
+    from atssrepro.harness.store import Store
+
+    chosen = cfg.preset_named(preset)
+    store = Store(results)
+    run_ids: list[str] = []
+    for target in targets:
+        if target in available_specs():
+            run_ids += [run.run_id for run in plan([load_table(target)], chosen, (), seeds, data)]
+        elif re.fullmatch(r"[0-9a-f]{12}", target) and store.run(target).state_path.is_file():
+            run_ids.append(target)
+        else:
+            raise UserError(
+                f"{target!r} is neither a table ({', '.join(available_specs())}) nor the id of a run in {results}/"
+            )
+    jobs = {run_id: store.info(run_id).get("slurm_job_id") for run_id in dict.fromkeys(run_ids)}
+    live = live_jobs(jobs.values())
+    cancel_jobs(live)
+    for run_id, job in jobs.items():
+        verdict = f"cancelled job {job} ({live[job].lower()})" if job in live else "no job in the queue"
+        console.print(f"{run_id}: {verdict}", highlight=False)
+    console.print(f"cancelled {len(live)} job(s)")
+
+
+@app.command()
+def report(
+    tables: list[str] | None = TablesArgument,
+    fmt: str = typer.Option("terminal", "--format", "-f", help="terminal, markdown, csv, latex, html or json."),
+    preset: str = PresetOption,
+    seeds: int = SeedsOption,
+    data: str | None = DataOption,
+    results: Path = ResultsOption,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the report to this file."),
+    plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots of the sweep tables (4-6) here."),
+) -> None:
+    """The reproduced numbers next to the published ones, laid out as the paper's tables."""
+    from atssrepro import config as cfg
+    from atssrepro.fileio import write_text
+    from atssrepro.harness.collect import collect
+    from atssrepro.harness.report import plot_sweeps, render
+    from atssrepro.harness.store import Store
+
+    specs = load_specs(tables)
+    frame = collect(specs, cfg.preset_named(preset), seeds, Store(results), data)
+    text = render(specs, frame, fmt)
+    if out is not None:
+        write_text(out, text)
+        console.print(f"wrote {out}")
+    elif fmt == "terminal":
+        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if plots is not None:
+        for path in plot_sweeps(specs, frame, plots):
+            console.print(f"wrote {path}")

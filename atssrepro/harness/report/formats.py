@@ -1,0 +1,199 @@
+"""The text formats of a report: terminal, markdown, latex, html and json (csv is the summary itself)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from atssrepro.harness.report.views import TableView
+from atssrepro.harness.specs import TableSpec
+
+TERMINAL_WIDTH = 140
+LEGEND = "Cells: reproduced, then published (reproduced - published); mean±std (n=seeds) when several seeds ran."
+DECIMALS = 3  # of the numbers in csv and json; the tables print one
+
+# ---- the formats
+
+
+def terminal(views: Sequence[TableView]) -> str:
+    console = Console(record=True, width=TERMINAL_WIDTH, file=io.StringIO())
+    console.print(Text(LEGEND))
+    for view in views:
+        title = Text(f"{view.title}. {view.caption}")
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
+        columns = list(zip(view.header, *(line for _, lines in view.sections for line in lines)))
+        for column in columns:
+            # Only the numbers (the multi-line cells) wrap, so that labels and names stay whole.
+            table.add_column(Text(column[0]), no_wrap=not any("\n" in cell for cell in column))
+        for number, (heading, lines) in enumerate(view.sections):
+            if number:
+                table.add_section()
+            if heading:
+                table.add_row(Text(heading, style="italic"))
+            for line in lines:
+                table.add_row(*(Text(cell) for cell in line))
+        console.print()
+        console.print(table)
+        for text in view.footer:
+            console.print(Text(text))
+    return console.export_text()
+
+
+def markdown(views: Sequence[TableView]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(_one_line(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    parts = [f"_{LEGEND}_"]
+    for view in views:
+        rows = [line(view.header), line(["---"] * len(view.header))]
+        for heading, lines in view.sections:
+            if heading:
+                rows.append(line([f"*{heading}*", *[""] * (len(view.header) - 1)]))
+            rows.extend(line(cells) for cells in lines)
+        parts += [f"## {view.title}", f"*{view.caption}*", "\n".join(rows), "  \n".join(view.footer)]
+        if view.note:
+            parts.append(view.note)
+    return "\n\n".join(parts) + "\n"
+
+
+def _one_line(cell: str) -> str:
+    return cell.replace("\n", " / ")
+
+
+_LATEX_ESCAPES = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "{": r"\{",
+        "}": r"\}",
+        "_": r"\_",
+        "%": r"\%",
+        "#": r"\#",
+        "&": r"\&",
+        "$": r"\$",
+        "^": r"\textasciicircum{}",
+        "~": r"\textasciitilde{}",
+        "✓": r"\checkmark{}",
+        "±": r"$\pm$",
+        "—": "--",
+    }
+)
+
+
+def latex(views: Sequence[TableView]) -> str:
+    def escape(text: str) -> str:
+        return _one_line(text).translate(_LATEX_ESCAPES)
+
+    parts = [r"% Needs \usepackage{booktabs} and \usepackage{amssymb} (for \checkmark).", f"% {escape(LEGEND)}"]
+    for view in views:
+        width = len(view.header)
+        rows = [r"\toprule", " & ".join(map(escape, view.header)) + r" \\", r"\midrule"]
+        for number, (heading, lines) in enumerate(view.sections):
+            if number:
+                rows.append(r"\midrule")
+            if heading:
+                rows.append(rf"\multicolumn{{{width}}}{{l}}{{\emph{{{escape(heading)}}}}} \\")
+            rows.extend(" & ".join(map(escape, cells)) + r" \\" for cells in lines)
+        rows.append(r"\bottomrule")
+        parts.append(
+            "\n".join(
+                [
+                    f"% {escape(view.title)}",
+                    r"\begin{table}[ht]",
+                    r"\centering",
+                    rf"\caption{{{escape(view.caption)}}}",
+                    rf"\begin{{tabular}}{{l{'l' * (width - 1)}}}",
+                    *rows,
+                    r"\end{tabular}",
+                    *(f"% {escape(text)}" for text in view.footer),
+                    r"\end{table}",
+                ]
+            )
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+_HTML_STYLE = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+    "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:left}"
+    "tr.section th{font-style:italic;font-weight:normal;background:#f4f4f4}"
+)
+
+
+def html_report(views: Sequence[TableView]) -> str:
+    def row(cells: Sequence[str], tag: str = "td") -> str:
+        escaped = (html.escape(cell).replace("\n", "<br>") for cell in cells)
+        return "<tr>" + "".join(f"<{tag}>{cell}</{tag}>" for cell in escaped) + "</tr>"
+
+    body = [f"<p><em>{html.escape(LEGEND)}</em></p>"]
+    for view in views:
+        body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{html.escape(view.caption)}</em></p>"]
+        body += ["<table>", f"<thead>{row(view.header, 'th')}</thead>", "<tbody>"]
+        for heading, lines in view.sections:
+            if heading:
+                body.append(f'<tr class="section"><th colspan="{len(view.header)}">{html.escape(heading)}</th></tr>')
+            body.extend(row(cells) for cells in lines)
+        body += ["</tbody>", "</table>", *(f"<p>{html.escape(text)}</p>" for text in view.footer)]
+        if view.note:
+            body.append(f"<p><small>{html.escape(view.note)}</small></p>")
+    return (
+        "\n".join(
+            [
+                "<!DOCTYPE html>",
+                '<html lang="en">',
+                '<head><meta charset="utf-8"><title>ATSS reproduction</title>',
+                f"<style>{_HTML_STYLE}</style></head>",
+                "<body>",
+                "<h1>ATSS reproduction</h1>",
+                *body,
+                "</body>",
+                "</html>",
+            ]
+        )
+        + "\n"
+    )
+
+
+def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
+    """{"tables": [{"name", "title", "caption", "status", "sources", "rows": [{..., "metrics": {name: numbers}}]}]}."""
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, DECIMALS)
+
+    tables = []
+    for spec in specs:
+        lines = summary[summary["table"] == spec.name].to_dict("records")
+        rows = []
+        for row in spec.rows:
+            row_lines = [line for line in lines if line["row"] == row.id]
+            metrics = {
+                line["metric"]: {
+                    "n": int(line["n"]),
+                    **{k: number(line[k]) for k in ("mean", "std", "published", "delta")},
+                }
+                for line in row_lines
+            }
+            first = row_lines[0]
+            rows.append(
+                {
+                    "id": row.id,
+                    "label": row.label,
+                    "preset": first["preset"],
+                    "state": first["state"],
+                    "verdict": first["verdict"],
+                    "metrics": metrics,
+                }
+            )
+        tables.append(
+            {"name": spec.name, "title": spec.title, "caption": spec.caption, "status": spec.status,
+             "sources": spec.sources, "rows": rows}
+        )  # fmt: skip
+    return json.dumps({"tables": tables}, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
