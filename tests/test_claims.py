@@ -17,7 +17,7 @@ from conftest import REPO
 
 from atssrepro.errors import UserError
 from atssrepro.harness import verdicts
-from atssrepro.harness.claims import ClaimSpec, load_claims, parse_claims
+from atssrepro.harness.claims import ClaimSpec
 from atssrepro.harness.collect import collect
 from atssrepro.harness.plan import run_ids_by_row
 from atssrepro.harness.specs import load_table, parse_table
@@ -32,7 +32,7 @@ CLAIMS_MD = Path(os.environ.get("ATSSREPRO_PAPER", REPO.parent / "shared" / "pap
 
 
 def paper_claims() -> dict[str, ClaimSpec]:
-    return {claim.id: claim for n in range(1, 9) for claim in load_claims(load_table(f"table{n}"))}
+    return {claim.id: claim for n in range(1, 9) for claim in load_table(f"table{n}").claims}
 
 
 CLAIMS = paper_claims()
@@ -98,12 +98,15 @@ def test_the_claims_are_atss_claims_md_word_for_word():
             assert [metric or "AP" for _, metric in given][: len(claim.metrics)] == list(claim.metrics)
 
 
-def tiny_spec():
-    return parse_table(
-        {"title": "Table 4", "caption": "k.", "metrics": ["AP"],
-         "rows": [{"id": r, "label": r, "published": {"AP": 39.0}} for r in ("k3", "k9", "k19")]},
-        Path("table4.toml"),
-    )  # fmt: skip
+TINY_TABLE = {
+    "title": "Table 4", "caption": "k.", "metrics": ["AP"], "sources": {"S1": "the paper"},
+    "rows": [{"id": r, "label": r, "published": {"AP": 39.0}} for r in ("k3", "k9", "k19")],
+}  # fmt: skip
+SMALL = {"id": "T4-small", "statement": "k = 3 drops", "kind": "drop", "rows": ["k9", "k3"], "deltas": [-1.3]}
+
+
+def tiny_spec(*claims: dict):
+    return parse_table({**TINY_TABLE, "claims": list(claims)}, Path("tables/table4.toml"))
 
 
 @pytest.mark.parametrize(
@@ -125,26 +128,35 @@ def tiny_spec():
         ({"metrics": ["AP50"]}, "metrics", "not reported by table4"),
         ({"rows": [], "pairs": []}, "", "either rows"),
         ({"deltas": [-1.3], "colour": 1}, "colour", "unknown field 'colour'"),
+        ({"table": "table3"}, "table", "rows of the table that declares it"),
+        ({"statement": "as S2 says"}, "statement", "cites source S2, which [sources] does not define"),
     ],
 )
 def test_bad_claims_stop_with_one_line_naming_file_claim_and_field(fields, field, words):
-    claim = {"id": "T4-small", "statement": "k = 3 drops", "kind": "drop", "rows": ["k9", "k3"], "deltas": [-1.3]}
     with pytest.raises(UserError) as error:
-        parse_claims([{**claim, **fields}], tiny_spec(), Path("tables/claims/table4.toml"))
+        tiny_spec({**SMALL, **fields})
     message = str(error.value)
-    assert "\n" not in message and message.startswith("tables/claims/table4.toml: claim")
+    assert "\n" not in message and re.match(r"tables/table4.toml: (claims\[0\]|claim 'T4-(small|x)')", message)
     assert field in message and words in message, message
+
+
+def test_a_table_reads_its_claims_and_checks_them_with_its_rows():
+    spec = tiny_spec(SMALL, {**SMALL, "id": "T4-large", "rows": ["k9", "k19"], "deltas": [-0.4], "margin": 0.2})
+    assert [(claim.id, claim.table, claim.margin) for claim in spec.claims] == [
+        ("T4-small", "table4", 0.3), ("T4-large", "table4", 0.2)
+    ]  # fmt: skip
+    assert tiny_spec({**SMALL, "statement": "k = 3 drops (S1)"}).claims[0].statement == "k = 3 drops (S1)"
+    with pytest.raises(UserError, match=r"^tables/table4.toml: claim 'T4-small': duplicate claim id$"):
+        tiny_spec(SMALL, SMALL)
 
 
 @pytest.mark.parametrize(("value", "words"), [("nan", "expected a number"), ("inf", "must be finite"),
                                              ("-inf", "must be finite")])  # fmt: skip
 def test_nan_and_inf_in_a_claims_file_are_refused(tmp_path, value, words):
-    (tmp_path / "table4.toml").write_text(
-        f'[[claims]]\nid = "T4-x"\nstatement = "s"\nkind = "equal"\nrows = ["k9", "k3"]\ndeltas = [0.0]\n'
-        f"margin = {value}\n"
-    )
-    with pytest.raises(UserError, match=rf"table4.toml: claims\[0\]: margin = {value} is not valid.*{words}"):
-        load_claims(tiny_spec(), tmp_path)
+    text = (REPO / "tables" / "table4.toml").read_text(encoding="utf-8")
+    (tmp_path / "table4.toml").write_text(text.replace("deltas = [-0.4]", f"deltas = [-0.4]\nmargin = {value}"))
+    with pytest.raises(UserError, match=rf"table4.toml: claims\[2\]: margin = {value} is not valid.*{words}"):
+        load_table(tmp_path / "table4.toml")
 
 
 @pytest.mark.parametrize("sigma", [0, -0.2, math.nan, math.inf, True])
@@ -298,7 +310,7 @@ def test_a_store_written_here_gets_verdicts_through_collect(tmp_path):
     frame = collect([spec], "paper", 2, Store(tmp_path))
     assert set(frame.loc[frame["row"].isin(values), "run_preset"]) == {"paper"}
     assert set(frame.loc[~frame["row"].isin(values), "run_preset"]) == {""}
-    judged = verdicts.judge_claims(load_claims(spec), frame)
+    judged = verdicts.judge_claims(spec.claims, frame)
     assert list(judged["verdict"]) == ["not run", "holds", "unresolved"]  # k19: -0.25 +- 0.52 (df 3)
 
 
