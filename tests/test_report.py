@@ -90,7 +90,8 @@ def frame_lines(
     row = spec.row(row_id)
     return [
         {"table": spec.name, "row": row.id, "label": row.label, "preset": preset, "seed": seed,
-         "run_id": f"{row.id}-{seed}" if state != "reference" else "", "state": state, "metric": metric,
+         "run_preset": preset if state == "done" else "", "run_id": f"{row.id}-{seed}" if state != "reference" else "",
+         "state": state, "metric": metric,
          "reproduced": values.get(metric, math.nan), "published": row.published.get(metric, math.nan)}
         for metric in spec.metrics
     ]  # fmt: skip

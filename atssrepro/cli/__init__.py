@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from atssrepro.cli import run_commands, table_commands
 from atssrepro.cli.common import app, console
 from atssrepro.errors import UserError, one_line
@@ -20,5 +22,6 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
+        # escaped: a message that names a TOML section ("[overrides]", "[sources]") is not markup
+        console.print(f"[bold red]error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

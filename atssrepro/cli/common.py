@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atssrepro.errors import UserError
+from atssrepro.harness.stats import DEFAULT_SIGMA
 
 app = typer.Typer(
     add_completion=False,
@@ -33,12 +34,22 @@ stdout = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="A built-in config name or a TOML file.")
 PresetOption = typer.Option(
-    "paper", "--preset", "-p", help="paper (the official recipe), smoke (CPU, ~1 min) or demo (CPU, ~2 min)."
+    "paper",
+    "--preset",
+    "-p",
+    help="paper (the official recipe), smoke (CPU, ~1 min), demo (CPU, ~2 min) or a preset file FILE.toml (README).",
 )
 SetOption = typer.Option([], "--set", "-s", help="Override a field: --set model.assign.topk=7 (repeatable).")
 DataOption = typer.Option(None, "--data", "-d", help="Dataset root (annotations/, train2017/, val2017/).")
 # --preset, --seeds and --data make a row's run id: every command that names runs takes all three.
 SeedsOption = typer.Option(1, help="Seeds 0..N-1 per row.")
+NoiseOption = typer.Option(
+    DEFAULT_SIGMA,
+    "--noise",
+    metavar="SIGMA",
+    help="Run-to-run standard deviation of AP, assumed where a claim's rows have no repeated seeds "
+    "(docs/claims.md gives the sources of the default).",
+)
 JsonOption = typer.Option(False, "--json", help="Print the final metrics as one JSON object on stdout.")
 
 

@@ -16,6 +16,7 @@ import typer
 
 from atssrepro.cli.common import (
     DataOption,
+    NoiseOption,
     PresetOption,
     ResultsOption,
     SeedsOption,
@@ -307,18 +308,27 @@ def report(
     data: str | None = DataOption,
     results: Path = ResultsOption,
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report to this file."),
-    plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots of the sweep tables (4-6) here."),
+    plots: Path | None = typer.Option(
+        None, "--plots", help="Write PNG plots here: the sweep tables (4-6) and the claims' forest plot."
+    ),
+    claims: bool = typer.Option(False, "--claims", help="Only the verdicts of the paper's claims (Tables 1-7)."),
+    noise: float = NoiseOption,
 ) -> None:
-    """The reproduced numbers next to the published ones, laid out as the paper's tables."""
+    """The reproduced numbers next to the published ones, laid out as the paper's tables, then whether the
+    paper's conclusions hold (holds, fails, unresolved, not run; docs/claims.md)."""
     from atssrepro import config as cfg
     from atssrepro.fileio import write_text
     from atssrepro.harness.collect import collect
-    from atssrepro.harness.report import plot_sweeps, render
+    from atssrepro.harness.report import check_format, claim_verdicts, plot_sweeps, render, render_claims
     from atssrepro.harness.store import Store
+    from atssrepro.harness.verdicts import check_noise, plot_claims
 
+    check_format(fmt)
+    noise = check_noise(noise, "--noise")
     specs = load_specs(tables)
     frame = collect(specs, cfg.preset_named(preset), seeds, Store(results), data)
-    text = render(specs, frame, fmt)
+    verdicts = claim_verdicts(specs, frame, noise)
+    text = render_claims(specs, verdicts, fmt, noise) if claims else render(specs, frame, fmt, noise)
     if out is not None:
         write_text(out, text)
         console.print(f"wrote {out}")
@@ -327,5 +337,8 @@ def report(
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     if plots is not None:
-        for path in plot_sweeps(specs, frame, plots):
+        paths = [] if claims else plot_sweeps(specs, frame, plots)
+        if len(verdicts):
+            paths.append(plot_claims(verdicts, plots / "claims.png"))
+        for path in paths:
             console.print(f"wrote {path}")

@@ -22,6 +22,9 @@ from functools import lru_cache
 from statistics import NormalDist, fmean
 
 NORMAL = NormalDist()
+DEFAULT_SIGMA = 0.2
+"""AP points: the run-to-run standard deviation assumed where no row of a claim has two seeds (ASSIGNERS.md §4,
+docs/claims.md). Here, not in ``verdicts``, so that the command line shows it without importing pandas."""
 
 
 def t_cdf(t: float, df: float) -> float:

@@ -24,10 +24,8 @@ from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write
 from atssrepro.harness import throughput
 from atssrepro.harness.claims import ClaimSpec, Part
-from atssrepro.harness.stats import Interval, Noise, difference, p_exceeds, pooled_noise, t_quantile
+from atssrepro.harness.stats import DEFAULT_SIGMA, Interval, Noise, difference, p_exceeds, pooled_noise, t_quantile
 
-DEFAULT_SIGMA = 0.2
-"""AP points: the run-to-run standard deviation assumed when no row of a claim has two seeds (ASSIGNERS.md §4)."""
 LEVEL = 0.95
 POWER = 0.8
 SEED_CAP = 100
@@ -75,6 +73,8 @@ def judge_claims(claims: Sequence[ClaimSpec], frame: pd.DataFrame, sigma: float 
     each run recorded in its run.json: a claim whose finished runs recorded several is not judged.
     """
     sigma = check_noise(sigma)
+    if frame.empty:  # no runs at all: every claim is not run
+        frame = pd.DataFrame(columns=list(FRAME_COLUMNS))
     missing = set(FRAME_COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"judge_claims: the frame lacks the columns {sorted(missing)} (collect() gives them)")

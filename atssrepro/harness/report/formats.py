@@ -24,9 +24,9 @@ DECIMALS = 3  # of the numbers in csv and json; the tables print one
 # ---- the formats
 
 
-def terminal(views: Sequence[TableView]) -> str:
+def terminal(views: Sequence[TableView], legend: str = LEGEND) -> str:
     console = Console(record=True, width=TERMINAL_WIDTH, file=io.StringIO())
-    console.print(Text(LEGEND))
+    console.print(Text(legend))
     for view in views:
         title = Text(f"{view.title}. {view.caption}")
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
@@ -48,11 +48,11 @@ def terminal(views: Sequence[TableView]) -> str:
     return console.export_text()
 
 
-def markdown(views: Sequence[TableView]) -> str:
+def markdown(views: Sequence[TableView], legend: str = LEGEND) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(_one_line(cell).replace("|", "\\|") for cell in cells) + " |"
 
-    parts = [f"_{LEGEND}_"]
+    parts = [f"_{legend}_"]
     for view in views:
         rows = [line(view.header), line(["---"] * len(view.header))]
         for heading, lines in view.sections:
@@ -88,11 +88,11 @@ _LATEX_ESCAPES = str.maketrans(
 )
 
 
-def latex(views: Sequence[TableView]) -> str:
+def latex(views: Sequence[TableView], legend: str = LEGEND) -> str:
     def escape(text: str) -> str:
         return _one_line(text).translate(_LATEX_ESCAPES)
 
-    parts = [r"% Needs \usepackage{booktabs} and \usepackage{amssymb} (for \checkmark).", f"% {escape(LEGEND)}"]
+    parts = [r"% Needs \usepackage{booktabs} and \usepackage{amssymb} (for \checkmark).", f"% {escape(legend)}"]
     for view in views:
         width = len(view.header)
         rows = [r"\toprule", " & ".join(map(escape, view.header)) + r" \\", r"\midrule"]
@@ -128,12 +128,12 @@ _HTML_STYLE = (
 )
 
 
-def html_report(views: Sequence[TableView]) -> str:
+def html_report(views: Sequence[TableView], legend: str = LEGEND) -> str:
     def row(cells: Sequence[str], tag: str = "td") -> str:
         escaped = (html.escape(cell).replace("\n", "<br>") for cell in cells)
         return "<tr>" + "".join(f"<{tag}>{cell}</{tag}>" for cell in escaped) + "</tr>"
 
-    body = [f"<p><em>{html.escape(LEGEND)}</em></p>"]
+    body = [f"<p><em>{html.escape(legend)}</em></p>"]
     for view in views:
         body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{html.escape(view.caption)}</em></p>"]
         body += ["<table>", f"<thead>{row(view.header, 'th')}</thead>", "<tbody>"]
@@ -162,8 +162,9 @@ def html_report(views: Sequence[TableView]) -> str:
     )
 
 
-def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
-    """{"tables": [{"name", "title", "caption", "status", "sources", "rows": [{..., "metrics": {name: numbers}}]}]}."""
+def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame, claims: list[dict] | None = None) -> str:
+    """{"tables": [{"name", "title", "caption", "status", "sources", "rows": [{..., "metrics": {name: numbers}}]}]},
+    and "claims": the records of the claims section, when given."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else round(value, DECIMALS)
@@ -196,4 +197,5 @@ def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
             {"name": spec.name, "title": spec.title, "caption": spec.caption, "status": spec.status,
              "sources": spec.sources, "rows": rows}
         )  # fmt: skip
-    return json.dumps({"tables": tables}, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    report = {"tables": tables} | ({"claims": claims} if claims is not None else {})
+    return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
