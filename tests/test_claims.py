@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 from atssrepro.errors import UserError
-from atssrepro.harness import verdicts
+from atssrepro.harness import claim_plan, verdicts
 from atssrepro.harness.claims import ClaimSpec
 from atssrepro.harness.collect import collect
 from atssrepro.harness.plan import run_ids_by_row
@@ -331,8 +331,8 @@ def test_seeds_needed_for_a_gain_is_the_closed_form_with_one_seed():
     z = NormalDist().inv_cdf
     closed_form = 2 * 0.2**2 * (z(0.975) + z(0.8)) ** 2 / 0.8**2
     assert closed_form == pytest.approx(0.9811, abs=1e-4)
-    assert verdicts.seeds_needed(CLAIMS["T1-gap"]) == 1
-    assert verdicts.claim_power(CLAIMS["T1-gap"], 1) == pytest.approx(0.8074, abs=1e-4)
+    assert claim_plan.seeds_needed(CLAIMS["T1-gap"]) == 1
+    assert claim_plan.claim_power(CLAIMS["T1-gap"], 1) == pytest.approx(0.8074, abs=1e-4)
 
 
 def test_seeds_needed_with_the_pooled_spread_by_hand():
@@ -343,11 +343,11 @@ def test_seeds_needed_with_the_pooled_spread_by_hand():
       n = 6: df 10, q 2.228139, lambda 3.464102: Phi((3.464102 - 2.172436) / 1.117242) = Phi(1.156118) = 0.8762
     """
     claim = CLAIMS["T4-large"]
-    assert verdicts.claim_power(claim, 1) == pytest.approx(0.2926, abs=1e-4)
-    assert verdicts.claim_power(claim, 5) == pytest.approx(0.7894, abs=1e-4)
-    assert verdicts.claim_power(claim, 6) == pytest.approx(0.8762, abs=1e-4)
-    assert verdicts.seeds_needed(claim) == 6
-    assert verdicts.seeds_needed(claim, sigma=2.0) is None  # more than 100 seeds a row
+    assert claim_plan.claim_power(claim, 1) == pytest.approx(0.2926, abs=1e-4)
+    assert claim_plan.claim_power(claim, 5) == pytest.approx(0.7894, abs=1e-4)
+    assert claim_plan.claim_power(claim, 6) == pytest.approx(0.8762, abs=1e-4)
+    assert claim_plan.seeds_needed(claim) == 6
+    assert claim_plan.seeds_needed(claim, sigma=2.0) is None  # more than 100 seeds a row
 
 
 def test_the_seeds_table_of_docs_claims_md_is_what_the_code_computes():
@@ -358,21 +358,21 @@ def test_the_seeds_table_of_docs_claims_md_is_what_the_code_computes():
     }
     assert list(table) == IDS
     for claim_id, seeds in table.items():
-        assert [verdicts.seeds_needed(CLAIMS[claim_id], sigma) for sigma in (0.1, 0.2, 0.3)] == list(map(int, seeds))
+        assert [claim_plan.seeds_needed(CLAIMS[claim_id], sigma) for sigma in (0.1, 0.2, 0.3)] == list(map(int, seeds))
 
 
 def test_plan_claims_costs_the_seeds_in_images_and_hours():
     claims = [CLAIMS["T1-gap"], CLAIMS["T4-large"]]
     images = {("table1", "scalar"): 1000, ("table1", "fcos"): 2000, ("table4", "k9"): 10, ("table4", "k19"): 10}
     device = "cpu: AMD EPYC, 2 cores"  # measured at 0.031 img/s (harness/throughput.py)
-    plan = verdicts.plan_claims(claims, images, device=device)
+    plan = claim_plan.plan_claims(claims, images, device=device)
     assert list(plan["seeds"]) == [1, 6] and list(plan["runs"]) == [2, 12] and list(plan["images"]) == [3000, 120]
     assert plan["hours"].tolist() == pytest.approx([3000 / 0.031 / 3600, 120 / 0.031 / 3600])
-    assert verdicts.plan_claims(claims, images, device="TPU v9")["hours"].isna().all()  # never measured
-    capped = verdicts.plan_claims(claims, images, sigma=1.2)
+    assert claim_plan.plan_claims(claims, images, device="TPU v9")["hours"].isna().all()  # never measured
+    capped = claim_plan.plan_claims(claims, images, sigma=1.2)
     assert capped["seeds"].isna().tolist() == [False, True] and capped["images"].isna().tolist() == [False, True]
     with pytest.raises(ValueError, match="no training images for table4/k19"):
-        verdicts.plan_claims(claims, {key: v for key, v in images.items() if key[1] != "k19"})
+        claim_plan.plan_claims(claims, {key: v for key, v in images.items() if key[1] != "k19"})
 
 
 def test_the_claims_modules_import_no_heavy_library():

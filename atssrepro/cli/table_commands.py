@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -29,6 +30,10 @@ from atssrepro.cli.common import (
 )
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
+from atssrepro.harness.stats import DEFAULT_SIGMA, check_noise
+
+if TYPE_CHECKING:
+    from atssrepro.harness.claim_plan import ClaimsPlan
 
 
 def load_specs(tables: list[str] | None) -> list:
@@ -52,7 +57,9 @@ def run(
     results: Path = ResultsOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
     force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --dry-run: one JSON object per run, then one per claim of the tables."
+    ),
     gpu_type: str | None = typer.Option(
         None, help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's)."
     ),
@@ -71,11 +78,21 @@ def run(
     zoo_dir: Path | None = typer.Option(
         None, "--zoo-dir", help="The folder of the official checkpoints that evaluation-only rows (zoo) import."
     ),
+    noise: float | None = typer.Option(
+        None,
+        "--noise",
+        metavar="SIGMA",
+        help=f"With --dry-run: the run-to-run standard deviation of AP that the seeds each claim needs are planned "
+        f"for (default {DEFAULT_SIGMA}: docs/claims.md).",
+    ),
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
 
     Evaluation-only rows (``atssrepro run zoo --zoo-dir DIR``) import an official checkpoint of
     DIR and evaluate it; a missing file fails that row only.
+
+    With --dry-run it also tells, per claim of the tables (the paper's conclusions), how many seeds
+    per row a decisive verdict needs and what they cost.
 
     Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
     GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
@@ -86,14 +103,20 @@ def run(
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store
 
-    runs = plan(load_specs(tables), cfg.preset_named(preset), rows, seeds, data, zoo_dir)
+    specs, chosen = load_specs(tables), cfg.preset_named(preset)
+    sigma = check_noise(DEFAULT_SIGMA if noise is None else noise, "--noise")
+    runs = plan(specs, chosen, rows, seeds, data, zoo_dir)
     if dry_run:
+        from atssrepro.harness.claim_plan import claims_plan
         from atssrepro.harness.throughput import local_device
 
-        print_plan(runs, as_json, gpu_type or local_device())
+        device = gpu_type or local_device()
+        one_seed = runs if seeds == 1 and not rows else plan(specs, chosen, (), 1, data, zoo_dir)
+        claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds)
+        print_plan(runs, as_json, device, claims)
         return
-    if gpu_type is not None:
-        raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
+    if gpu_type is not None or noise is not None:
+        raise UserError("--gpu-type and --noise are options of --dry-run: the device to give hours for, the noise")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
     check_torch_pair()
@@ -139,7 +162,7 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(runs: list, as_json: bool, device: str) -> None:
+def print_plan(runs: list, as_json: bool, device: str, claims: ClaimsPlan) -> None:
     from atssrepro.harness.throughput import cost_line, device_hours
 
     if as_json:
@@ -157,6 +180,8 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
                 "device_hours": device_hours(run.cost, device) if run.preset.comparable else None,
             }
             print(json.dumps(line))
+        for cost in claims.costs:
+            print(json.dumps({**dataclasses.asdict(cost), "noise": claims.sigma, "planned_seeds": claims.planned}))
         return
     from atssrepro import config as cfg
     from atssrepro.harness.plan import assignments
@@ -170,6 +195,34 @@ def print_plan(runs: list, as_json: bool, device: str) -> None:
     total = sum(r.cost for r in runs)
     stdout.print(f"total: {total:,} training images", highlight=False)
     stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER), highlight=False)
+    if claims.costs:
+        print_claims_plan(claims)
+
+
+def print_claims_plan(claims: ClaimsPlan) -> None:
+    """The seeds each claim of the tables needs for a decisive verdict, their cost, and all claims together."""
+    from atssrepro.harness.claim_plan import POWER, SEED_CAP
+
+    title = (
+        f"{len(claims.costs)} claims: seeds per row for P(holds) >= {POWER:.0%} if the paper's numbers are true, "
+        f"at a noise of {claims.sigma:g} AP (--noise)"
+    )
+    planned = f"P(holds) with {claims.planned} seed{'s' if claims.planned > 1 else ''}"
+    table = make_table("claim", "kind", "rows", "seeds per row", "runs", "images", "device-hours", planned, title=title)
+    for c in claims.costs:
+        seeds = f"> {SEED_CAP}" if c.seeds is None else str(c.seeds)
+        hours = "-" if c.hours is None else f"{c.hours:,.0f}"
+        runs, images = ("-", "-") if c.seeds is None else (str(c.runs), f"{c.images:,}")
+        table.add_row(c.claim, c.kind, str(c.rows), seeds, runs, images, hours, f"{c.planned_power:.2f}")
+    stdout.print(table)
+    unaffordable = [c.claim for c in claims.costs if c.seeds is None]
+    hours = "" if claims.hours is None else f", {claims.hours:,.0f} device-hours"
+    stdout.print(
+        f"every claim decisive: {claims.runs} distinct runs (a row shared by several claims trains once), "
+        f"{claims.images:,} training images{hours}"
+        + (f"; left out, more than {SEED_CAP} seeds a row: {', '.join(unaffordable)}" if unaffordable else ""),
+        highlight=False,
+    )
 
 
 @app.command("list")
@@ -321,7 +374,7 @@ def report(
     from atssrepro.harness.collect import collect
     from atssrepro.harness.report import check_format, claim_verdicts, plot_sweeps, render, render_claims
     from atssrepro.harness.store import Store
-    from atssrepro.harness.verdicts import check_noise, plot_claims
+    from atssrepro.harness.verdicts import plot_claims
 
     check_format(fmt)
     noise = check_noise(noise, "--noise")

@@ -18,6 +18,7 @@ each claim compares and how it is judged; ``harness/verdicts.py`` judges them.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
@@ -45,6 +46,9 @@ class Part:
     metric: str
     paper: float
     """The paper's B - A; for flat, the width of its band (highest - lowest)."""
+    margin: float = math.nan
+    """equal: the claim's margin M; flat: W = max(the band's width, M), within which every pair must lie; NaN for
+    gain and drop."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,12 @@ class ClaimSpec:
     def parts(self) -> tuple[Part, ...]:
         if self.kind == "flat":
             # Rounded: 39.3 - 39.0 is 0.29999999999999716 in floats, and the width is compared with margins.
-            return (Part(self.rows, self.metrics[0], round(self.band[1] - self.band[0], 9)),)
+            width = round(self.band[1] - self.band[0], 9)
+            return (Part(self.rows, self.metrics[0], width, max(width, self.margin)),)
+        margin = self.margin if self.kind == "equal" else math.nan
         if len(self.metrics) > 1:
-            return tuple(Part(self.steps[0], metric, d) for metric, d in zip(self.metrics, self.deltas))
-        return tuple(Part(step, self.metrics[0], d) for step, d in zip(self.steps, self.deltas))
+            return tuple(Part(self.steps[0], metric, d, margin) for metric, d in zip(self.metrics, self.deltas))
+        return tuple(Part(step, self.metrics[0], d, margin) for step, d in zip(self.steps, self.deltas))
 
     @property
     def row_ids(self) -> tuple[str, ...]:

@@ -20,11 +20,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist, fmean
+from typing import Any
+
+from atssrepro.errors import UserError
 
 NORMAL = NormalDist()
 DEFAULT_SIGMA = 0.2
 """AP points: the run-to-run standard deviation assumed where no row of a claim has two seeds (ASSIGNERS.md §4,
 docs/claims.md). Here, not in ``verdicts``, so that the command line shows it without importing pandas."""
+LEVEL = 0.95
+"""The confidence level of every interval."""
+
+
+def check_noise(sigma: Any, where: str = "noise") -> float:
+    """``sigma`` as a float, or a one-line error naming ``where`` (the option or file key it came from)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise UserError(
+            f"{where} = {sigma!r}: the per-run noise level must be a finite number > 0 in AP points "
+            f"(the standard deviation between seeds; default {DEFAULT_SIGMA}, docs/claims.md)"
+        )
+    return float(sigma)
 
 
 def t_cdf(t: float, df: float) -> float:

@@ -1,11 +1,10 @@
-"""Does the paper's argument hold? A verdict per claim from the runs, the seeds a decisive one needs, a forest plot.
+"""Does the paper's argument hold? A verdict per claim from the runs, and a forest plot.
 
 :func:`judge_claims` reads the long frame of ``collect()`` (one line per table, row, seed and metric)
 and returns one line per claim, followed by one line per part for claims of several parts, in
-:data:`VERDICT_COLUMNS`. :func:`plan_claims` tells how many seeds per row each claim needs to be
-decisive if the paper's numbers are true, and what those runs cost. :func:`plot_claims` draws each
-reproduced difference with its interval next to the paper's. The rule, with a worked example, is in
-docs/claims.md; the statistics in ``harness/stats.py``.
+:data:`VERDICT_COLUMNS`. :func:`plot_claims` draws each reproduced difference with its interval next
+to the paper's. The rule, with a worked example, is in docs/claims.md; the statistics in
+``harness/stats.py``; how many seeds a decisive verdict needs in ``harness/claim_plan.py``.
 """
 
 from __future__ import annotations
@@ -13,22 +12,26 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 import pandas as pd
 
-from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write
-from atssrepro.harness import throughput
 from atssrepro.harness.claims import ClaimSpec, Part
-from atssrepro.harness.stats import DEFAULT_SIGMA, Interval, Noise, difference, p_exceeds, pooled_noise, t_quantile
+from atssrepro.harness.stats import (
+    DEFAULT_SIGMA,
+    LEVEL,
+    Interval,
+    Noise,
+    check_noise,
+    difference,
+    pooled_noise,
+    t_quantile,
+)
 
-LEVEL = 0.95
-POWER = 0.8
-SEED_CAP = 100
 VERDICTS = ("holds", "fails", "unresolved", "not run", "not judged")
 FRAME_COLUMNS = ("table", "row", "seed", "state", "metric", "reproduced", "preset", "run_preset")
 VERDICT_COLUMNS = (
@@ -53,17 +56,6 @@ VERDICT_COLUMNS = (
     "verdict",
     "note",
 )
-PLAN_COLUMNS = ("claim", "table", "kind", "rows", "seeds", "power", "runs", "images", "hours")
-
-
-def check_noise(sigma: Any, where: str = "noise") -> float:
-    """``sigma`` as a float, or a one-line error naming ``where`` (the option or file key it came from)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-        raise UserError(
-            f"{where} = {sigma!r}: the per-run noise level must be a finite number > 0 in AP points "
-            f"(the standard deviation between seeds; default {DEFAULT_SIGMA}, docs/claims.md)"
-        )
-    return float(sigma)
 
 
 def judge_claims(claims: Sequence[ClaimSpec], frame: pd.DataFrame, sigma: float = DEFAULT_SIGMA) -> pd.DataFrame:
@@ -108,7 +100,7 @@ def _judge_claim(claim: ClaimSpec, runs: pd.DataFrame, preset: str, sigma: float
 def _blank(claim: ClaimSpec, part: Part, verdict: str, note: str) -> dict[str, Any]:
     """A part's line before any value is known: the paper's side, and NaN for the reproduction."""
     numbers = dict.fromkeys(("noise", "df", "reproduced", "low", "high"), math.nan)
-    margin = _margin(claim, part)
+    margin = part.margin
     return {"rows": _rows_text(claim, part), "metric": part.metric, "n": 0, "noise_from": "", "paper": part.paper,
             "margin": margin, "paper_inside": pd.NA, "verdict": verdict, "note": note, **numbers}  # fmt: skip
 
@@ -188,12 +180,6 @@ def _combine(claim: ClaimSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
             "verdict": verdict, "note": note, **numbers}  # fmt: skip
 
 
-def _margin(claim: ClaimSpec, part: Part) -> float:
-    if claim.kind == "flat":
-        return max(part.paper, claim.margin)
-    return claim.margin if claim.kind == "equal" else math.nan
-
-
 def _rows_text(claim: ClaimSpec, part: Part | None) -> str:
     """The rows as text: "a -> b" for a comparison, "a, b, c" for a sweep, a whole claim's chain or pairs."""
     if claim.kind == "flat":
@@ -201,80 +187,6 @@ def _rows_text(claim: ClaimSpec, part: Part | None) -> str:
     if part is not None:
         return " -> ".join(part.rows)
     return " -> ".join(claim.rows) if claim.rows else "; ".join(" -> ".join(pair) for pair in claim.pairs)
-
-
-# ---- planning
-
-
-def claim_power(claim: ClaimSpec, seeds: int, sigma: float = DEFAULT_SIGMA) -> float:
-    """P(verdict "holds") with ``seeds`` seeds on every row, if runs have noise ``sigma`` and the paper's
-    numbers are true (a flat sweep: its rows truly equal).
-
-    One seed: the interval uses sigma (df = inf), and each side's probability is exact. More: the
-    interval uses the pooled spread, df = rows x (seeds - 1), and :func:`p_exceeds` approximates it.
-    A claim holds unless a part, or one side of an equal or flat interval, misses: 1 minus the sum of
-    those probabilities, a lower bound (Bonferroni) that is exact for one gain or drop.
-    """
-    sigma = check_noise(sigma)
-    df = math.inf if seeds == 1 else len(claim.row_ids) * (seeds - 1)
-    unit = sigma * math.sqrt(2 / seeds)  # the standard error of a difference of two rows' means
-    miss = 0.0
-    for part in claim.parts:
-        if claim.kind == "flat":
-            pairs = math.comb(len(part.rows), 2)
-            quantile = t_quantile(1 - (1 - LEVEL) / 2 / pairs, df)
-            miss += pairs * 2 * (1 - p_exceeds(_margin(claim, part) / unit, quantile, df))
-            continue
-        quantile = t_quantile(1 - (1 - LEVEL) / 2, df)
-        if claim.kind == "equal":
-            inside = (claim.margin - part.paper) / unit, (claim.margin + part.paper) / unit
-            miss += 2 - p_exceeds(inside[0], quantile, df) - p_exceeds(inside[1], quantile, df)
-        else:
-            sign = 1 if claim.kind == "gain" else -1
-            miss += 1 - p_exceeds(sign * part.paper / unit, quantile, df)
-    return max(0.0, 1.0 - miss)
-
-
-def seeds_needed(
-    claim: ClaimSpec, sigma: float = DEFAULT_SIGMA, power: float = POWER, cap: int = SEED_CAP
-) -> int | None:
-    """The fewest seeds per row with :func:`claim_power` >= ``power``; None when more than ``cap`` would be needed."""
-    sigma = check_noise(sigma)
-    return next((seeds for seeds in range(1, cap + 1) if claim_power(claim, seeds, sigma) >= power), None)
-
-
-def plan_claims(
-    claims: Sequence[ClaimSpec],
-    images_per_run: Mapping[tuple[str, str], int],
-    sigma: float = DEFAULT_SIGMA,
-    device: str | None = None,
-    power: float = POWER,
-    cap: int = SEED_CAP,
-) -> pd.DataFrame:
-    """One line per claim in :data:`PLAN_COLUMNS`: seeds per row for a decisive verdict and what they cost.
-
-    ``images_per_run[(table, row)]`` is a run's training images (iterations x batch of its resolved
-    config). ``seeds`` is NA (and the cost too) when more than ``cap``. ``hours``: device-hours on
-    ``device`` where :mod:`throughput` has measured it (pass None for presets other than paper: the
-    throughputs are measured at the paper's image size). Each claim is costed alone: rows shared
-    between claims (Table 3 row 2 = Table 4 k = 9 = ...) train once.
-    """
-    lines = []
-    for claim in claims:
-        seeds = seeds_needed(claim, sigma, power, cap)
-        per_seed = 0
-        for row in claim.row_ids:
-            if (claim.table, row) not in images_per_run:
-                raise ValueError(f"plan_claims: no training images for {claim.table}/{row} (claim {claim.id})")
-            per_seed += images_per_run[claim.table, row]
-        images = None if seeds is None else seeds * per_seed
-        hours = throughput.device_hours(images, device) if device and images is not None else None
-        lines.append({"claim": claim.id, "table": claim.table, "kind": claim.kind, "rows": len(claim.row_ids),
-                      "seeds": seeds, "power": math.nan if seeds is None else claim_power(claim, seeds, sigma),
-                      "runs": None if seeds is None else seeds * len(claim.row_ids), "images": images,
-                      "hours": math.nan if hours is None else hours})  # fmt: skip
-    plan = pd.DataFrame(lines, columns=list(PLAN_COLUMNS))
-    return plan.astype({"seeds": "Int64", "runs": "Int64", "images": "Int64"})
 
 
 # ---- the forest plot
