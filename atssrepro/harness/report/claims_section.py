@@ -30,7 +30,7 @@ CELLS = (
 )
 RULE = (
     "A gain holds when its interval lies above 0 and fails below 0, a drop the mirror; an equal or flat claim holds "
-    "when its intervals lie inside ± the margin and fails when one lies outside it; anything else is unresolved "
+    "when its intervals lie inside ± the margin and fails when one lies wholly outside it; anything else is unresolved "
     "(docs/claims.md)."
 )
 
