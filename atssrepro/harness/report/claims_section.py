@@ -76,7 +76,8 @@ def _cells(line: dict[str, Any]) -> list[str]:
     several_metrics = "," in line["metric"]  # the claim's line lists them: "AP, AP50, ..."
     rows = line["rows"] if line["metric"] == "AP" else f"{line['rows']} ({line['metric']})"
     if part == 0 and line["claim_parts"] > 1:
-        rows = f"{line['claim_parts']} parts: {line['rows']}" + (", each metric" if several_metrics else "")
+        # on a line of its own, so that the column wraps in the terminal
+        rows = f"{line['claim_parts']} parts" + (", each metric" if several_metrics else "") + f":\n{line['rows']}"
     elif part and line["rows"] == line["claim_rows"]:  # a part of a claim on several metrics
         rows = line["metric"]
     if kind == "flat":  # the rows of the sweep, then the pair the interval is of
