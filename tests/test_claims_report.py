@@ -22,15 +22,9 @@ from atssrepro.harness.verdicts import VERDICT_COLUMNS
 
 from cli import assert_one_line_error, atssrepro
 
-QUARTER = """name = "quarter640"
-description = "a quarter of the 1x schedule at 640 pixels"
-
-[overrides]
-train.iterations = 22500
-train.lr_steps = [15000, 20000]
-data.train_short_side = [640, 640]
-data.test_short_side = 640
-"""
+# README's example of a preset file, so that it stays one
+README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+QUARTER = "#" + README.partition("```toml\n#")[2].partition("```")[0]
 # Table 3 and 4 values (AP), one list of seeds per row.
 VALUES = {
     "table3": {"fcos": [37.6, 37.9, 37.7], "fcos_atss": [39.1, 39.4], "retinanet_a1_atss": [39.3]},
