@@ -392,6 +392,7 @@ def claim_and_preset_cases(root: Path) -> list[Case]:
         cases.append(Case(["report", "table4", "--claims", "--results", str(root / "results"), "--noise", value],
                           f"--noise = {shown}: the per-run noise level must be a finite number > 0"))  # fmt: skip
         cases.append(Case(["run", "table4", "--dry-run", "--noise", value], f"--noise = {shown}"))
+    cases.append(Case(["run", "table4", "--noise", "0.2", *store], "--noise is an option of --dry-run"))
     presets = {
         "name = 'paper' is a built-in preset's": PRESET.replace('"mine"', '"paper"'),
         "overrides: model.assign is what the tables' rows compare": PRESET + "model.assign.topk = 3\n",

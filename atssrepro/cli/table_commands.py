@@ -115,8 +115,10 @@ def run(
         claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds)
         print_plan(runs, as_json, device, claims)
         return
-    if gpu_type is not None or noise is not None:
-        raise UserError("--gpu-type and --noise are options of --dry-run: the device to give hours for, the noise")
+    if gpu_type is not None:
+        raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
+    if noise is not None:
+        raise UserError("--noise is an option of --dry-run (and report): the noise the claims' seeds are planned at")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
     check_torch_pair()
