@@ -38,7 +38,7 @@ def test_eval_scores_any_results_file(tiny_coco, tmp_path):
         metrics = metrics_of(
             atssrepro("eval", "--detections", str(path), "--ann", str(ann), "--backend", backend, "--json")
         )
-        assert metrics["stats"]["AP"] > 0.99 and set(metrics["stats"]) >= {"AP50", "ARl"}
+        assert metrics["unit"] == "percent" and metrics["stats"]["AP"] > 99 and set(metrics["stats"]) >= {"AP50", "ARl"}
     bad = tmp_path / "bad.json"
     bad.write_text('[{"image_id": 1}]')
     assert_one_line_error(atssrepro("eval", "--detections", str(bad), "--ann", str(ann), check=False), "bad.json")

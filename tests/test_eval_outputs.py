@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from atssrepro.cli.common import metrics_in_percent
 from atssrepro.engine.run import EvaluationFiles, data_tag
 from atssrepro.engine.run_dir import RunDir
 
@@ -54,7 +55,7 @@ def test_eval_with_data_saves_into_the_run_or_beside_it(synth_coco: Path, tmp_pa
     assert tag.startswith("other_data-") and len(tag) == len("other_data-") + 8
     metrics = run / f"metrics.{tag}.json"
     assert wrote(result) == f"wrote {metrics} and {run / f'detections.{tag}.json'}"
-    assert json.loads(metrics.read_text()) == metrics_of(result)
+    assert metrics_in_percent(json.loads(metrics.read_text())) == metrics_of(result)
     assert metrics_of(result)["num_images"] == len(images) < trained["num_images"]
     assert (run / f"detections.{tag}.json").is_file()
     assert {name: (run / name).read_bytes() for name in own} == own
@@ -86,11 +87,11 @@ def test_evaluating_an_unfinished_run_keeps_it_unfinished(synth_coco: Path, tmp_
 
     result = atssrepro("eval", str(run), "--json")
     assert wrote(result) == f"wrote {run / 'metrics.iter2.json'} and {run / 'detections.iter2.json'}"
-    assert json.loads((run / "metrics.iter2.json").read_text()) == metrics_of(result)
+    assert metrics_in_percent(json.loads((run / "metrics.iter2.json").read_text())) == metrics_of(result)
     assert not (run / "metrics.json").exists()
     # So the run still trains to its end, instead of counting as finished at iteration 2.
     finished = metrics_of(atssrepro("train", *SHORT, "--data", str(synth_coco), "--out", str(run), "--json"))
-    assert json.loads((run / "metrics.json").read_text()) == finished
+    assert metrics_in_percent(json.loads((run / "metrics.json").read_text())) == finished
     assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["iter"] == 4
 
 

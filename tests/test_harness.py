@@ -245,6 +245,11 @@ def test_ctrl_c_and_kill_leave_runs_that_the_next_run_resumes(synth_coco, tmp_pa
     info = json.loads((run / "run.json").read_text())
     assert info["state"] == "interrupted" and info["message"].startswith("interrupted after iteration")
     assert (run / "checkpoint.pt").exists() and not (run / "metrics.json").exists()
+    # status shows where it resumes, the iteration of its checkpoint, as the message says.
+    stopped_at = info["checkpoint_iteration"]
+    assert info["message"].startswith(f"interrupted after iteration {stopped_at};")
+    (line,) = [line for line in atssrepro(*status).stdout.splitlines() if run.name in line]
+    assert f" {stopped_at}/20 " in line, line
 
     # kill -9 after the resumed run logged more: nothing is recorded, the lock is gone.
     second = start_and_signal_when(lambda: len(logged()) > 1, signal.SIGKILL)

@@ -19,6 +19,7 @@ LAYERS = {
     "schema": 1,
     "tomlfile": 1,
     "fileio": 1,
+    "terminal": 1,
     "errors": 0,
 }
 """Rank of each top-level part of the package: a part imports only parts of a lower rank (or itself)."""

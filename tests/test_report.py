@@ -210,7 +210,7 @@ def test_cells_show_reproduced_published_delta_and_seeds() -> None:
     assert "| *others:* |" in text and "| *ours:* |" in text
     assert "*Caption of table3.*" in text
     assert "Verdicts: 1 reproduced, 1 not run, 1 reference" in text
-    assert "Status: CONFIRMED (2 sources)" in text and "A note under the table." in text
+    assert "Published numbers: CONFIRMED (2 sources)" in text and "A note under the table." in text
 
 
 def test_rows_missing_from_the_frame_show_the_published_numbers() -> None:
@@ -369,7 +369,7 @@ def test_plot_sweeps_writes_one_png_per_sweep_table(tmp_path: Path, preset: str)
         *(frame_lines(k, "r1", {"AP": ap}, seed=s, preset=preset) for s, ap in enumerate([39.1, 39.4])),
         frame_lines(ratio, "r0", {"AP": 39.0}, preset=preset),
     )
-    paths = report.plot_sweeps([rows_spec(), k, ratio], frame, tmp_path / "plots")
+    paths = [path for _, path in report.plot_sweeps([rows_spec(), k, ratio], frame, tmp_path / "plots")]
     assert paths == [tmp_path / "plots" / "table4_sweep.png", tmp_path / "plots" / "table6_sweep.png"]
     for path in paths:
         assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -394,4 +394,4 @@ def test_every_report_says_what_its_source_keys_mean() -> None:
     assert json.loads(report.render([spec], frame_of(), "json"))["tables"][0]["sources"] == spec.sources
     for name in available_tables():  # the shipped specs cite only keys they define
         shipped = load_table(name)
-        assert shipped.sources and "Sources: S1 = " in report.render([shipped], frame_of(), "markdown")
+        assert shipped.sources and "sources: S1 = " in report.render([shipped], frame_of(), "markdown")

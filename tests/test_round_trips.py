@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 
@@ -16,11 +17,16 @@ from cli import atssrepro
 
 @pytest.mark.parametrize(
     ("value", "printed"),
-    [(False, "false"), (True, "true"), ("iou", '"iou"'), ([640, 800], "[640, 800]"), (1e-05, "1e-05"), (2.0, "2.0")],
-)
-def test_values_print_as_toml(value, printed):
+    [
+        (False, "false"), (True, "true"), ("iou", "iou"), ([640, 800], "[640,800]"), (1e-05, "1e-05"), (2.0, "2.0"),
+        ("true", """'"true"'"""), ("two words", """'"two words"'"""), ("7", """'"7"'"""),
+        (["a", "b"], """'["a","b"]'"""),
+    ],
+)  # fmt: skip
+def test_values_print_as_one_shell_word_that_set_reads_back(value, printed):
     assert toml_value(value) == printed
-    assert cfg.parse_override(f"k={printed}") == {"k": value}
+    (word,) = shlex.split(f"k={printed}")  # as a shell passes it on, unquoted
+    assert cfg.parse_override(word) == {"k": value}
 
 
 @pytest.mark.parametrize("table", available_tables())
@@ -28,13 +34,13 @@ def test_printed_config_values_set_back_give_the_same_run(table):
     """`show` prints the base and each row's fields, `run --dry-run` each run's differences from the
     base: passed to --set, either gives the config of the run they describe."""
     spec = load_table(table)
-    base = assignments(spec.base)
+    base = shlex.split(" ".join(assignments(spec.base)))  # pasted into a shell
     runs = {run.run_id: run for run in plan([spec], "paper", data_root="/data/coco")}
     for row in spec.runnable_rows:
-        shown = cfg.build_config(None, "paper", base + assignments(row.config), "/data/coco")
+        shown = cfg.build_config(None, "paper", base + shlex.split(" ".join(assignments(row.config))), "/data/coco")
         assert cfg.config_id(shown) == cfg.config_id(resolve_row(spec, row, "paper", 0, "/data/coco")), row.id
     for run_id, run in runs.items():
-        dry_run = cfg.build_config(None, "paper", base + assignments(run.diff), "/data/coco")
+        dry_run = cfg.build_config(None, "paper", base + shlex.split(" ".join(assignments(run.diff))), "/data/coco")
         assert cfg.config_id(dry_run) == run_id
 
 

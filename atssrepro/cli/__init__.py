@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from rich.markup import escape
+from rich.text import Text
 
 from atssrepro.cli import run_commands, table_commands
 from atssrepro.cli.common import app, console
@@ -22,6 +22,6 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        # escaped: a message that names a TOML section ("[overrides]", "[sources]") is not markup
-        console.print(f"[bold red]error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
+        # The message as it is: it may hold [brackets], paths, a user's values (atssrepro/terminal.py).
+        console.print(Text.assemble(("error:", "bold red"), " ", one_line(e)))
         sys.exit(2)

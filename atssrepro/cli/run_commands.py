@@ -31,7 +31,9 @@ def train(
     preset: str = PresetOption,
     set_: list[str] = SetOption,
     data: str | None = DataOption,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default results/<config id>)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Run folder (default: results/RUN_ID, RUN_ID the config's id)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Train one detector, evaluate it on the validation split, and print its COCO metrics.
@@ -56,11 +58,13 @@ def train(
 
 @app.command("eval")
 def eval_(
-    target: Path | None = typer.Argument(None, help="A run folder or a checkpoint file."),
+    target: Path | None = typer.Argument(None, metavar="RUN", help="A run folder or a checkpoint file."),
     data: str | None = DataOption,
-    detections: Path | None = typer.Option(None, help="Score this COCO results file instead of a model."),
-    ann: Path | None = typer.Option(None, help="Annotation file for --detections."),
-    backend: str | None = typer.Option(None, help="pycocotools (default) or faster-coco-eval."),
+    detections: Path | None = typer.Option(
+        None, metavar="FILE", help="Score this COCO results file instead of a model."
+    ),
+    ann: Path | None = typer.Option(None, metavar="FILE", help="Annotation file for --detections."),
+    backend: str | None = typer.Option(None, metavar="NAME", help="pycocotools (default) or faster-coco-eval."),
     tta: bool = typer.Option(False, "--tta", help="Multi-scale + flip testing with box voting (Table 8)."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -68,7 +72,7 @@ def eval_(
 
     Evaluating a finished run folder on its own data writes detections.json and metrics.json into it
     (detections_tta.json and metrics_tta.json with --tta); other data, or an unfinished run, writes
-    beside them under a name that says which (metrics.DATA-HASH.json, metrics.iterN.json).
+    beside them under a name that says which (`metrics.DATA-HASH.json`, `metrics.iterN.json`).
     """
     if detections is not None:
         from atssrepro.engine.coco_eval import evaluate_detections, load_detections
@@ -93,14 +97,20 @@ def eval_(
 
 @import_app.command("official")
 def import_official(
-    checkpoint: Path = typer.Argument(..., help="An official ATSS checkpoint (model_final.pth) or state dict."),
+    checkpoint: Path = typer.Argument(
+        ..., metavar="CHECKPOINT", help="An official ATSS checkpoint (model_final.pth) or state dict."
+    ),
     config: str = typer.Option(
-        ..., "--config", "-c", help="The zoo model's built-in config (atss_dcnv2_r101_fpn_2x, ...) or a TOML file."
+        ...,
+        "--config",
+        "-c",
+        metavar="NAME|FILE",
+        help="The zoo model's built-in config (atss_dcnv2_r101_fpn_2x, ...) or a TOML file.",
     ),
     set_: list[str] = SetOption,
-    out: Path = typer.Option(..., "--out", "-o", help="The run folder to create."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="The run folder to create."),
 ) -> None:
-    """Import a checkpoint of the official ATSS code (sfzhang15/ATSS) as a run folder for ``atssrepro eval``."""
+    """Import a checkpoint of the official ATSS code (sfzhang15/ATSS) as a run folder for `atssrepro eval`."""
     check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro.engine.official_import import import_official_checkpoint
@@ -111,12 +121,16 @@ def import_official(
 
 @app.command()
 def predict(
-    target: Path = typer.Argument(..., help="A run folder or a checkpoint file."),
-    images: Path = typer.Option(..., help="Folder of the images, e.g. test2017/."),
-    info: Path = typer.Option(..., help="Image list in COCO format, e.g. image_info_test-dev2017.json."),
-    out: Path = typer.Option(Path("results/test-dev"), "--out", "-o", help="Folder for the zip."),
-    split: str = typer.Option("test-dev2017", help="Split name in the file names the COCO server expects."),
-    method: str = typer.Option("atssrepro", help="Method name in the file names."),
+    target: Path = typer.Argument(..., metavar="RUN", help="A run folder or a checkpoint file."),
+    images: Path = typer.Option(..., metavar="DIR", help="Folder of the images, e.g. test2017/."),
+    info: Path = typer.Option(
+        ..., metavar="FILE", help="Image list in COCO format, e.g. image_info_test-dev2017.json."
+    ),
+    out: Path = typer.Option(Path("results/test-dev"), "--out", "-o", metavar="DIR", help="Folder for the zip."),
+    split: str = typer.Option(
+        "test-dev2017", metavar="NAME", help="Split name in the file names the COCO server expects."
+    ),
+    method: str = typer.Option("atssrepro", metavar="NAME", help="Method name in the file names."),
     tta: bool = typer.Option(False, "--tta", help="Multi-scale + flip testing with box voting (Table 8)."),
 ) -> None:
     """Detect on an images-only split (COCO test-dev) and write the zip for the evaluation server."""
@@ -156,10 +170,10 @@ def show_config(
 
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the dataset to."),
-    train_images: int = typer.Option(64, help="Training images."),
-    val_images: int = typer.Option(32, help="Validation images."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder to write the dataset to."),
+    train_images: int = typer.Option(64, metavar="N", help="Training images."),
+    val_images: int = typer.Option(32, metavar="N", help="Validation images."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed; the same seed gives the same bytes."),
 ) -> None:
     """Generate the embedded default: a small COCO-format dataset of shapes, no download needed."""
     from atssrepro.data.synth import make_synthetic_coco
@@ -170,11 +184,11 @@ def data_synth(
 
 @data_app.command("subset")
 def data_subset(
-    coco: Path = typer.Option(..., help="Root of a full COCO (annotations/, train2017/, val2017/)."),
-    split: str = typer.Option("val2017", help="train2017 or val2017."),
-    images: int = typer.Option(..., help="How many images to take."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the subset."),
-    seed: int = typer.Option(0, help="Random seed for the choice of images."),
+    coco: Path = typer.Option(..., metavar="DIR", help="Root of a full COCO (annotations/, train2017/, val2017/)."),
+    split: str = typer.Option("val2017", metavar="NAME", help="train2017 or val2017."),
+    images: int = typer.Option(..., metavar="N", help="How many images to take."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the subset."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed for the choice of images."),
 ) -> None:
     """Carve a small real subset out of a full COCO."""
     from atssrepro.data.subset import make_coco_subset
@@ -185,21 +199,28 @@ def data_subset(
 
 @analyze_app.command("assignment")
 def analyze_assignment(
-    ann: Path = typer.Option(..., help="A COCO annotation file; image sizes come from it, no image is read."),
+    ann: Path = typer.Option(
+        ..., metavar="FILE", help="A COCO annotation file; image sizes come from it, no image is read."
+    ),
     strategy: list[str] = typer.Option(
-        ["atss", "iou", "ssc", "center_sampling"], "--strategy", help="Assignment strategy (repeatable)."
+        ["atss", "iou", "ssc", "center_sampling"],
+        "--strategy",
+        metavar="NAME",
+        help="Assignment strategy (repeatable).",
     ),
     config: str | None = ConfigOption,
     set_: list[str] = SetOption,
-    max_images: int | None = typer.Option(None, help="Analyse only the first N images with a box."),
-    out: Path = typer.Option(Path("results/analysis"), "--out", "-o", help="Folder for the CSVs and the plot."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    max_images: int | None = typer.Option(None, metavar="N", help="Analyse only the first N images with a box."),
+    out: Path = typer.Option(
+        Path("results/analysis"), "--out", "-o", metavar="DIR", help="Folder for the CSVs and the plot."
+    ),
+    device: str = typer.Option("cpu", metavar="DEVICE", help="cpu or cuda."),
 ) -> None:
     """Positives per GT of each assigner, by object size: the paper's 0.2 x k x L claim, checked.
 
     Resizes every image as training does (model anchors and the assignment settings come from the
-    config), runs each strategy, prints a markdown summary and writes ``summary.csv``,
-    ``per_gt.csv`` and ``positives.png`` to ``--out``.
+    config), runs each strategy, prints a markdown summary and writes `summary.csv`, `per_gt.csv`
+    and `positives.png` to --out.
     """
     check_torch_pair()
     from atssrepro import config as cfg

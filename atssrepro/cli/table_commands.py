@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections import Counter
 from enum import Enum
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.text import Text
 
 from atssrepro.cli.common import (
     DataOption,
@@ -32,8 +34,9 @@ from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.stats import DEFAULT_SIGMA, check_noise
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported on use
     from atssrepro.harness.claim_plan import ClaimsPlan
+    from atssrepro.harness.store import Store
 
 
 def load_specs(tables: list[str] | None) -> list:
@@ -49,9 +52,9 @@ class ExecutorName(str, Enum):
 
 @app.command()
 def run(
-    tables: list[str] = typer.Argument(..., help="Table names, e.g. table1 table3."),
+    tables: list[str] = typer.Argument(..., metavar="TABLE...", help="Table names, e.g. table1 table3 (or zoo)."),
     preset: str = PresetOption,
-    rows: list[str] = typer.Option([], "--rows", help="Only these row ids (repeatable)."),
+    rows: list[str] = typer.Option([], "--rows", metavar="ROW", help="Only this row id (repeatable)."),
     seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
@@ -61,22 +64,34 @@ def run(
         False, "--json", help="With --dry-run: one JSON object per run, then one per claim of the tables."
     ),
     gpu_type: str | None = typer.Option(
-        None, help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's)."
+        None,
+        metavar="NAME",
+        help="With --dry-run: the device to give hours for, as nvidia-smi names it (default: this machine's).",
     ),
     executor: ExecutorName = typer.Option(
-        ExecutorName.local, "--executor", "-e", help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster."
+        ExecutorName.local,
+        "--executor",
+        "-e",
+        metavar="local|slurm",
+        help="local: this machine's GPUs (or CPU); slurm: a Slurm cluster.",
     ),
     gpus: str | None = typer.Option(
         None,
+        metavar="IDS",
         help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
     ),
-    gpus_per_run: int = typer.Option(1, help="local: GPUs per run; with more than one a run trains with DDP."),
+    gpus_per_run: int = typer.Option(
+        1, metavar="N", help="local: GPUs per run; with more than one a run trains with DDP."
+    ),
     profile: str | None = typer.Option(
-        None, help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
+        None, metavar="NAME|FILE", help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
     ),
     wait: bool = typer.Option(False, "--wait", help="slurm: stay until every job has ended, then summarize."),
     zoo_dir: Path | None = typer.Option(
-        None, "--zoo-dir", help="The folder of the official checkpoints that evaluation-only rows (zoo) import."
+        None,
+        "--zoo-dir",
+        metavar="DIR",
+        help="The folder of the official checkpoints that evaluation-only rows (zoo) import.",
     ),
     noise: float | None = typer.Option(
         None,
@@ -88,8 +103,8 @@ def run(
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
 
-    Evaluation-only rows (``atssrepro run zoo --zoo-dir DIR``) import an official checkpoint of
-    DIR and evaluate it; a missing file fails that row only.
+    Evaluation-only rows (`atssrepro run zoo --zoo-dir DIR`) import an official checkpoint of DIR
+    and evaluate it; a missing file fails that row only.
 
     With --dry-run it also tells, per claim of the tables (the paper's conclusions), how many seeds
     per row a decisive verdict needs and what they cost.
@@ -113,7 +128,7 @@ def run(
         device = gpu_type or local_device()
         one_seed = runs if seeds == 1 and not rows else plan(specs, chosen, (), 1, data, zoo_dir)
         claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds)
-        print_plan(runs, as_json, device, claims)
+        print_plan(runs, Store(results), as_json, device, claims)
         return
     if gpu_type is not None:
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
@@ -148,7 +163,7 @@ def run(
         outcomes = slurm.execute(runs, store, force)
         if not wait:
             counts = Counter(o.state for o in outcomes)
-            console.print(", ".join(f"{n} {state}" for state, n in counts.items()), highlight=False)
+            console.print(", ".join(f"{n} {state}" for state, n in counts.items()))
             console.print("follow them with `atssrepro status`, collect them with `atssrepro report`")
             return
         try:
@@ -159,21 +174,31 @@ def run(
     failed = [o for o in outcomes if o.state not in (RunState.DONE, RunState.SKIPPED)]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
     if failed:
-        for outcome in failed:
-            console.print(f"  {outcome.run_id}: {outcome.state}: {outcome.message}", highlight=False)
+        from atssrepro.harness.status import outcome_line
+
+        by_id = {run.run_id: run for run in runs}
+        for o in failed:
+            console.print(f"  {o.run_id}: {outcome_line(by_id[o.run_id], store, o.state, o.message)}")
         raise typer.Exit(1)
 
 
-def print_plan(runs: list, as_json: bool, device: str, claims: ClaimsPlan) -> None:
+def print_plan(runs: list, store: Store, as_json: bool, device: str, claims: ClaimsPlan) -> None:
+    """Every planned run with its seed and its state in the store; the cost of those not done yet; then the
+    seeds and cost of a decisive verdict on each claim of the tables."""
+    from atssrepro.harness.status import describe, run_statuses
     from atssrepro.harness.throughput import cost_line, device_hours
 
+    statuses = run_statuses(runs, store)
+    to_do = [run for run, status in zip(runs, statuses) if status.state is not RunState.DONE]
     if as_json:
-        for run in runs:
+        for run, status in zip(runs, statuses):
             line = {
                 "run_id": run.run_id,
                 "rows": [str(r) for r in run.rows],
                 "preset": run.preset.name,
                 "seed": run.seed,
+                "state": str(status.state),
+                "iteration": status.iteration,
                 "tta": run.tta,
                 "config_diff": run.diff,
                 "cost_images": run.cost,
@@ -188,17 +213,22 @@ def print_plan(runs: list, as_json: bool, device: str, claims: ClaimsPlan) -> No
     from atssrepro import config as cfg
     from atssrepro.harness.plan import assignments
 
-    table = make_table("run", "rows", "config (differences from the table base)", "images", title=f"{len(runs)} runs")
-    for run in runs:
+    title = f"{len(runs)} runs, {len(to_do)} to do"
+    table = make_table(
+        "run", "seed", "rows", "state", "config (differences from the table base)", "images", title=title
+    )
+    for run, status in zip(runs, statuses):
         diff = "\n".join(assignments(run.diff)) or "(base)"
         cost = f"{run.cost:,}" if run.checkpoint is None else f"evaluation only: {run.checkpoint}"
-        table.add_row(run.run_id, "\n".join(map(str, run.rows)), diff, cost)
+        table.add_row(run.run_id, str(run.seed), "\n".join(map(str, run.rows)), describe(status), diff, cost)
     stdout.print(table)
-    total = sum(r.cost for r in runs)
-    stdout.print(f"total: {total:,} training images", highlight=False)
-    stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER), highlight=False)
+    total = sum(r.cost for r in to_do)
+    done = len(runs) - len(to_do)
+    stdout.print(f"total: {total:,} training images, for the {len(to_do)} runs not done ({done} done already)")
+    stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER))
     if claims.costs:
         print_claims_plan(claims)
+    hint_other_settings(store, [run.run_id for run in runs])
 
 
 def print_claims_plan(claims: ClaimsPlan) -> None:
@@ -222,9 +252,17 @@ def print_claims_plan(claims: ClaimsPlan) -> None:
     stdout.print(
         f"every claim decisive: {claims.runs} distinct runs (a row shared by several claims trains once), "
         f"{claims.images:,} training images{hours}"
-        + (f"; left out, more than {SEED_CAP} seeds a row: {', '.join(unaffordable)}" if unaffordable else ""),
-        highlight=False,
+        + (f"; left out, more than {SEED_CAP} seeds a row: {', '.join(unaffordable)}" if unaffordable else "")
     )
+
+
+def hint_other_settings(store: Store, run_ids: list[str]) -> None:
+    """Say so when the store holds runs, but none of these: made with another --preset or --data."""
+    from atssrepro.harness.status import other_settings
+
+    line = other_settings(store, run_ids)
+    if line:
+        console.print(line)
 
 
 @app.command("list")
@@ -234,24 +272,32 @@ def list_tables(
     seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
-    """The tables, their rows and how many of their runs are done."""
+    """The tables (the paper's, then zoo: the official models), their rows and how many of their runs are done."""
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
+    from atssrepro.harness.specs import available_specs
     from atssrepro.harness.store import Store
 
     store = Store(results)
     chosen = cfg.preset_named(preset)
     table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
-    for spec in load_specs(None):
+    planned = []
+    for spec in load_specs(available_specs()):
+        if chosen.overrides and any(row.evaluation_only for row in spec.rows):
+            # zoo evaluates the official checkpoints as they are: under --preset paper only.
+            table.add_row(spec.name, spec.caption, str(len(spec.rows)), "-", f"- (--preset {cfg.PAPER.name} only)")
+            continue
         runs = plan([spec], chosen, (), seeds, data)
         done = sum(store.state(r.run_id) is RunState.DONE for r in runs)
         table.add_row(spec.name, spec.caption, str(len(spec.rows)), str(len(runs)), str(done))
+        planned += [r.run_id for r in runs]
     stdout.print(table)
+    hint_other_settings(store, planned)
 
 
 @app.command()
 def show(
-    table_name: str = typer.Argument(..., metavar="TABLE"),
+    table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8 or zoo."),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
@@ -262,9 +308,9 @@ def show(
 
     chosen = cfg.preset_named(preset)
     (spec,) = load_specs([table_name])
-    stdout.print(f"[bold]{spec.title}[/]: {spec.caption}")
+    stdout.print(Text.assemble((spec.title, "bold"), f": {spec.caption}"))
     if spec.base:
-        stdout.print("base: " + ", ".join(assignments(spec.base)), highlight=False, markup=False, soft_wrap=True)
+        stdout.print("base: " + "  ".join(assignments(spec.base)), soft_wrap=True)
     table = make_table("row", "label", "config", "run", *spec.metrics)
     for row in spec.rows:
         run_ids = [] if row.reference_only else [
@@ -287,17 +333,21 @@ def status(
     results: Path = ResultsOption,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
-    """Each run's state, progress and last loss; for runs on Slurm, also their job, its state and node.
+    """Each run's state, iteration and last loss; for runs on Slurm, also their job, its state and node.
 
     States: not run, pending, running, done, failed, diverged, interrupted (resumes on the next
-    run), corrupt; on Slurm also requeued (after a preemption or a time limit) and cancelled.
+    `atssrepro run`), corrupt; on Slurm also requeued (after a preemption or a time limit) and
+    cancelled. The iteration is the last one logged while a run trains, else the one its checkpoint
+    holds: where the next start resumes.
     """
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
     from atssrepro.harness.status import run_statuses
     from atssrepro.harness.store import Store
 
-    statuses = run_statuses(plan(load_specs(tables), cfg.preset_named(preset), (), seeds, data), Store(results))
+    store = Store(results)
+    statuses = run_statuses(plan(load_specs(tables), cfg.preset_named(preset), (), seeds, data), store)
+    hint_other_settings(store, [s.run_id for s in statuses])
     if as_json:
         for status in statuses:
             print(json.dumps(dataclasses.asdict(status)))
@@ -311,13 +361,13 @@ def status(
         job = f"{s.slurm_job_id} {s.slurm_state.lower()}".strip()
         where = s.node or (f"({s.reason})" if s.reason else "")
         slurm_cells = (job, where, str(s.requeues) if s.slurm_job_id else "") if on_slurm else ()
-        table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message[:60])
+        table.add_row(s.run_id, ", ".join(s.rows), s.state, iteration, loss, *slurm_cells, s.message)
     stdout.print(table)
 
 
 @app.command()
 def cancel(
-    targets: list[str] = typer.Argument(..., metavar="TABLE|RUN...", help="Table names or run ids."),
+    targets: list[str] = typer.Argument(..., metavar="TABLE|RUN_ID...", help="Table names or run ids."),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
@@ -350,21 +400,26 @@ def cancel(
     cancel_jobs(live)
     for run_id, job in jobs.items():
         verdict = f"cancelled job {job} ({live[job].lower()})" if job in live else "no job in the queue"
-        console.print(f"{run_id}: {verdict}", highlight=False)
+        console.print(f"{run_id}: {verdict}")
     console.print(f"cancelled {len(live)} job(s)")
 
 
 @app.command()
 def report(
     tables: list[str] | None = TablesArgument,
-    fmt: str = typer.Option("terminal", "--format", "-f", help="terminal, markdown, csv, latex, html or json."),
+    fmt: str = typer.Option(
+        "terminal", "--format", "-f", metavar="FORMAT", help="terminal, markdown, csv, latex, html or json."
+    ),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
     results: Path = ResultsOption,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the report to this file."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the report to this file."),
     plots: Path | None = typer.Option(
-        None, "--plots", help="Write PNG plots here: the sweep tables (4-6) and the claims' forest plot."
+        None,
+        "--plots",
+        metavar="DIR",
+        help="Write PNG plots here: the sweep tables (4-6), which html links, and the claims' forest plot.",
     ),
     claims: bool = typer.Option(False, "--claims", help="Only the verdicts of the paper's claims (Tables 1-7)."),
     noise: float = NoiseOption,
@@ -381,19 +436,27 @@ def report(
     check_format(fmt)
     noise = check_noise(noise, "--noise")
     specs = load_specs(tables)
-    frame = collect(specs, cfg.preset_named(preset), seeds, Store(results), data)
+    store = Store(results)
+    frame = collect(specs, cfg.preset_named(preset), seeds, store, data)
     verdicts = claim_verdicts(specs, frame, noise)
-    text = render_claims(specs, verdicts, fmt, noise) if claims else render(specs, frame, fmt, noise)
+    plotted: dict[str, str] = {}
+    if plots is not None and not claims:
+        for spec in specs:
+            if not spec.sweep_axis:
+                swept = ", ".join(s.name for s in load_specs(None) if s.sweep_axis)
+                console.print(f"{spec.name}: no plot (plots are drawn for the tables that sweep a value: {swept})")
+        for spec, path in plot_sweeps(specs, frame, plots):
+            console.print(f"wrote {path}")
+            # Relative to the report, so that the report and its plots can move together.
+            plotted[spec.name] = os.path.relpath(path, Path(out).parent if out is not None else Path.cwd())
+    if plots is not None and len(verdicts):
+        console.print(f"wrote {plot_claims(verdicts, plots / 'claims.png')}")
+    text = render_claims(specs, verdicts, fmt, noise) if claims else render(specs, frame, fmt, plotted, noise)
     if out is not None:
         write_text(out, text)
         console.print(f"wrote {out}")
     elif fmt == "terminal":
-        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+        stdout.print(text, soft_wrap=True)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
-    if plots is not None:
-        paths = [] if claims else plot_sweeps(specs, frame, plots)
-        if len(verdicts):
-            paths.append(plot_claims(verdicts, plots / "claims.png"))
-        for path in paths:
-            console.print(f"wrote {path}")
+    hint_other_settings(store, list(frame["run_id"].dropna().unique()))

@@ -56,7 +56,7 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
         # A resumed run drops the reason its previous start stopped for.
         _record(
             run, RunState.RUNNING, started=time.time(), world_size=distributed.world_size(), device=str(device),
-            threads=torch.get_num_threads(), message=None, traceback=None, **weights,
+            threads=torch.get_num_threads(), message=None, traceback=None, checkpoint_iteration=None, **weights,
         )  # fmt: skip
         try:
             with Curves(run.path) as curves:
@@ -72,7 +72,8 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             raise
         except KeyboardInterrupt as e:
             # Ctrl-C, or SIGTERM in training (which then checkpointed its last iteration): resumable.
-            _record(run, RunState.INTERRUPTED, message=str(e) or "interrupted")
+            stopped_at = getattr(e, "iteration", None)  # what status shows (the log may be ahead of it)
+            _record(run, RunState.INTERRUPTED, message=str(e) or "interrupted", checkpoint_iteration=stopped_at)
             raise
         except BaseException as e:
             # Crashes leave the folder resumable too; record why it stopped.

@@ -36,6 +36,10 @@ class Diverged(Exception):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped training after a completed iteration, saved in the checkpoint."""
 
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"interrupted after iteration {iteration}; the next start resumes from there")
+        self.iteration = iteration
+
 
 class _StopSignals:
     """While active, Ctrl-C (SIGINT) and SIGTERM only set ``requested``; the loop then finishes
@@ -293,5 +297,5 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
                     checkpoint.save(run.checkpoint_path, state.state_dict(config, dataset))
                 distributed.barrier()
             if stopping:
-                raise Interrupted(f"interrupted after iteration {state.iteration}; the next start resumes from there")
+                raise Interrupted(state.iteration)
     return model

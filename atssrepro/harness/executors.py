@@ -34,6 +34,7 @@ from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.runner import Job, Outcome
+from atssrepro.harness.status import outcome_line
 from atssrepro.harness.store import Store
 from atssrepro.model import pretrained
 
@@ -238,7 +239,7 @@ def run_one(
         with open(folder.path / "train.log", "a") as log:
             code = children.call(command, log, slot.env())
         outcome = Outcome(run.run_id, RunState.DONE) if code == 0 else _failure(run, store, code, outcome_file)
-    console.print(f"{position} {run.run_id}: {outcome.state} {outcome.message}")
+    console.print(f"{position} {run.run_id}: {outcome_line(run, store, outcome.state, outcome.message)}")
     return outcome
 
 

@@ -13,6 +13,8 @@ from the same config.
 from __future__ import annotations
 
 import hashlib
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,9 @@ from typing import Any
 import tomli_w
 
 from atssrepro import config as cfg
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, did_you_mean
 from atssrepro.harness.specs import RowSpec, TableSpec
+from atssrepro.tomlfile import parse_value
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,22 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def toml_value(value: Any) -> str:
-    """``value`` as TOML on one line (``false``, ``"atss"``, ``[640, 800]``): what ``--set KEY=VALUE`` reads."""
+    """``value`` as ``--set KEY=VALUE`` reads it back, in one word that a shell keeps as it is:
+    ``false``, ``atss``, ``[640,800]``; quoted for the shell where needed (``'"two words"'``)."""
+    if isinstance(value, str) and _SHELL_WORD.fullmatch(value) and parse_value(value) == value:
+        return value  # a bare string: --set reads it as the string
+    text = _toml(value)
+    return text if _SHELL_WORD.fullmatch(text) else shlex.quote(text)
+
+
+def _toml(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(toml_value, value)) + "]"
+        return "[" + ",".join(map(_toml, value)) + "]"
     return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
+
+
+# Characters that a POSIX shell passes on unchanged in an unquoted word.
+_SHELL_WORD = re.compile(r"[\w.,:/@%+=\[\]-]+")
 
 
 def assignments(data: dict[str, Any]) -> list[str]:
@@ -138,10 +153,11 @@ def plan(
         raise UserError(f"--seeds {seeds}: need at least one seed")
     preset = cfg.as_preset(preset)
     wanted = set(rows)
-    known = {row.id for spec in specs for row in spec.rows}
-    unknown = wanted - known
+    known = [row.id for spec in specs for row in spec.rows]
+    unknown = sorted(wanted - set(known))
     if unknown:
-        raise UserError(f"--rows: no row {', '.join(sorted(unknown))} in {', '.join(s.name for s in specs)}")
+        tables, hint = ", ".join(s.name for s in specs), did_you_mean(unknown[0], known)
+        raise UserError(f"--rows {unknown[0]}: no such row in {tables}{hint} (rows: {', '.join(known)})")
     runs: dict[str, PlannedRun] = {}
     for spec in specs:
         reference = base_config(spec, preset, data_root)

@@ -18,7 +18,6 @@ from typing import Any
 
 import submitit
 import torch
-from rich.console import Console
 
 import atssrepro
 from atssrepro import distributed
@@ -26,6 +25,7 @@ from atssrepro.engine.run_dir import RunDir
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.runner import Job, execute_job
+from atssrepro.terminal import plain_console
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -57,7 +57,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             requeues = max(info.get("requeues", 0), restarts)
             state = info.get("state", RunState.PENDING)
             run.set_state(state, slurm_node=env.hostname, code=code, requeues=requeues)
-        console = Console(stderr=True, force_terminal=False)
+        console = plain_console(stderr=True, force_terminal=False)
         requeue_signal = _RequeueSignal()
         try:
             outcome = execute_job(self.job, console)

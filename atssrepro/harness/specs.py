@@ -108,6 +108,8 @@ class TableSpec:
     its plot (``report --plots``). Labels that all parse as numbers give a numeric axis."""
     claims: tuple[ClaimSpec, ...] = ()
     """The conclusions the paper draws from the table (``[[claims]]``, after the rows), judged by ``report``."""
+    row_header: str = ""
+    """layout "rows": the header of the first column, the rows' labels (Table 4: ``k``)."""
     source: Path = Path()
 
     def row(self, row_id: str) -> RowSpec:

@@ -13,23 +13,22 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from atssrepro import distributed
 from atssrepro.engine.run_state import RunState
 from atssrepro.fileio import write_json
 from atssrepro.harness.runner import Job, execute_job
+from atssrepro.terminal import plain_console
 
 
 def main(argv: list[str]) -> int:
     job_json, outcome_file = argv
     job = Job(**json.loads(job_json))
-    console = Console(stderr=True)
+    console = plain_console(stderr=True)
     outcome = execute_job(job, console)
     if distributed.is_main():
         write_json(Path(outcome_file), {"state": outcome.state.value, "message": outcome.message})
         if outcome.message:
-            console.print(f"error: {outcome.message}", highlight=False, soft_wrap=True)
+            console.print(f"error: {outcome.message}")
     distributed.destroy()
     return 0 if outcome.state is RunState.DONE else 1
 

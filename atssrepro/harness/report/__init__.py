@@ -9,11 +9,12 @@ them in every format (``claims_section.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from atssrepro.errors import UserError
+from atssrepro.errors import UserError, did_you_mean
 from atssrepro.harness.report.claims_section import (
     claim_verdicts,
     claim_views,
@@ -43,9 +44,20 @@ __all__ = [
 ]  # fmt: skip
 
 
-def render(specs: Sequence[TableSpec], frame: pd.DataFrame, fmt: str, noise: float = DEFAULT_SIGMA) -> str:
+def render(
+    specs: Sequence[TableSpec],
+    frame: pd.DataFrame,
+    fmt: str,
+    plots: Mapping[str, str] | None = None,
+    noise: float = DEFAULT_SIGMA,
+) -> str:
     """Every table of ``specs`` in format ``fmt`` (one of :data:`FORMATS`), reproduced next to published, then
-    the verdicts of their claims (csv: after a blank line, in columns of their own; none when no spec has claims)."""
+    the verdicts of their claims (csv: after a blank line, in columns of their own; none when no spec has claims).
+
+    ``plots``: table name -> the path of its plot (``plot_sweeps``) relative to where the report is
+    written, which html shows and links and markdown shows under the table. ``noise``: the run-to-run
+    standard deviation of AP assumed where a claim's rows have no repeated seeds.
+    """
     check_format(fmt)
     summary = summary_for(specs, frame)
     verdicts = claim_verdicts(specs, frame, noise)
@@ -54,11 +66,12 @@ def render(specs: Sequence[TableSpec], frame: pd.DataFrame, fmt: str, noise: flo
         return text + ("\n" + claims_csv(verdicts) if len(verdicts) else "")
     if fmt == "json":
         return json_report(specs, summary, claims_records(verdicts) if len(verdicts) else None)
-    views = [view(spec, summary) for spec in specs] + claim_views(specs, verdicts, noise)
+    views = [dataclasses.replace(view(spec, summary), plot=(plots or {}).get(spec.name, "")) for spec in specs]
+    views += claim_views(specs, verdicts, noise)
     writers = {"terminal": terminal, "markdown": markdown, "latex": latex, "html": html_report}
     return writers[fmt](views)
 
 
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise UserError(f"unknown report format {fmt!r} (formats: {', '.join(FORMATS)})")
+        raise UserError(f"unknown report format {fmt!r}{did_you_mean(fmt, FORMATS)} (formats: {', '.join(FORMATS)})")

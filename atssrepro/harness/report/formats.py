@@ -6,6 +6,8 @@ import html
 import io
 import json
 import math
+import re
+import urllib.parse
 from collections.abc import Sequence
 
 import pandas as pd
@@ -28,8 +30,9 @@ def terminal(views: Sequence[TableView], legend: str = LEGEND) -> str:
     console = Console(record=True, width=TERMINAL_WIDTH, file=io.StringIO())
     console.print(Text(legend))
     for view in views:
+        # The title on its own lines, as wide as the page: as the table's title it would wrap to a narrow table's width.
         title = Text(f"{view.title}. {view.caption}")
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
+        table = Table(box=box.SIMPLE_HEAD, collapse_padding=True)
         columns = list(zip(view.header, *(line for _, lines in view.sections for line in lines)))
         for column in columns:
             # Only the numbers (the multi-line cells) wrap, so that labels and names stay whole.
@@ -42,6 +45,7 @@ def terminal(views: Sequence[TableView], legend: str = LEGEND) -> str:
             for line in lines:
                 table.add_row(*(Text(cell) for cell in line))
         console.print()
+        console.print(title)
         console.print(table)
         for text in view.footer:
             console.print(Text(text))
@@ -62,6 +66,8 @@ def markdown(views: Sequence[TableView], legend: str = LEGEND) -> str:
         parts += [f"## {view.title}", f"*{view.caption}*", "\n".join(rows), "  \n".join(view.footer)]
         if view.note:
             parts.append(view.note)
+        if view.plot:
+            parts.append(f"![{view.title}]({view.plot.replace(' ', '%20')})")
     return "\n\n".join(parts) + "\n"
 
 
@@ -135,15 +141,19 @@ def html_report(views: Sequence[TableView], legend: str = LEGEND) -> str:
 
     body = [f"<p><em>{html.escape(legend)}</em></p>"]
     for view in views:
-        body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{html.escape(view.caption)}</em></p>"]
+        body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{_html_text(view.caption)}</em></p>"]
         body += ["<table>", f"<thead>{row(view.header, 'th')}</thead>", "<tbody>"]
         for heading, lines in view.sections:
             if heading:
                 body.append(f'<tr class="section"><th colspan="{len(view.header)}">{html.escape(heading)}</th></tr>')
             body.extend(row(cells) for cells in lines)
-        body += ["</tbody>", "</table>", *(f"<p>{html.escape(text)}</p>" for text in view.footer)]
+        body += ["</tbody>", "</table>", *(f"<p>{_html_text(text)}</p>" for text in view.footer)]
         if view.note:
-            body.append(f"<p><small>{html.escape(view.note)}</small></p>")
+            body.append(f"<p><small>{_html_text(view.note)}</small></p>")
+        if view.plot:
+            src = html.escape(urllib.parse.quote(view.plot))
+            alt = html.escape(f"{view.title}: the plot of {view.plot}")
+            body.append(f'<p><a href="{src}"><img src="{src}" alt="{alt}" style="max-width:40em"></a></p>')
     return (
         "\n".join(
             [
@@ -162,9 +172,15 @@ def html_report(views: Sequence[TableView], legend: str = LEGEND) -> str:
     )
 
 
+def _html_text(text: str) -> str:
+    """Escaped text, its `code` spans (as notes and footers write them) as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame, claims: list[dict] | None = None) -> str:
-    """{"tables": [{"name", "title", "caption", "status", "sources", "rows": [{..., "metrics": {name: numbers}}]}]},
-    and "claims": the records of the claims section, when given."""
+    """{"unit": "percent", "tables": [{"name", "title", "caption", "status", "sources",
+    "rows": [{..., "metrics": {name: numbers}}]}]}: the numbers in percent, as the paper prints them; and
+    "claims": the records of the claims section, when given."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else round(value, DECIMALS)
@@ -197,5 +213,5 @@ def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame, claims: list[
             {"name": spec.name, "title": spec.title, "caption": spec.caption, "status": spec.status,
              "sources": spec.sources, "rows": rows}
         )  # fmt: skip
-    report = {"tables": tables} | ({"claims": claims} if claims is not None else {})
+    report = {"unit": "percent", "tables": tables} | ({"claims": claims} if claims is not None else {})
     return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -19,9 +19,9 @@ if TYPE_CHECKING:  # imported on use: reports without --plots need no matplotlib
 # ---- plots
 
 
-def plot_sweeps(specs: Sequence[TableSpec], frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+def plot_sweeps(specs: Sequence[TableSpec], frame: pd.DataFrame, out_dir: Path) -> list[tuple[TableSpec, Path]]:
     """One PNG per table among ``specs`` that sweeps a value (``sweep_axis``: Tables 4-6): published and
-    reproduced AP against the swept value."""
+    reproduced AP against the swept value. Returns each plotted table with the path of its PNG."""
     summary = summary_for(specs, frame)
     paths = []
     for spec in specs:
@@ -30,7 +30,7 @@ def plot_sweeps(specs: Sequence[TableSpec], frame: pd.DataFrame, out_dir: Path) 
         figure = _sweep_figure(spec, summary[summary["table"] == spec.name], spec.sweep_axis)
         path = Path(out_dir) / f"{spec.name}_sweep.png"
         _save_png(figure, path)
-        paths.append(path)
+        paths.append((spec, path))
     return paths
 
 

@@ -42,6 +42,8 @@ class TableView:
     footer: list[str]
     """Verdict counts, the presets that are not judged, the spec's status."""
     note: str
+    plot: str = ""
+    """The path of the table's plot relative to the report (``report --plots``), or ""."""
 
 
 def view(spec: TableSpec, summary: pd.DataFrame) -> TableView:
@@ -54,7 +56,7 @@ def view(spec: TableSpec, summary: pd.DataFrame) -> TableView:
 
 def _rows_layout(spec: TableSpec, cells: Cells) -> tuple[list[str], Sections]:
     """One line per row, the metrics as columns (Tables 3-8); a row's ``section`` starts a new section."""
-    header = ["", *spec.info_columns, *spec.metrics, "Verdict"]
+    header = [spec.row_header, *spec.info_columns, *spec.metrics, "Verdict"]
     sections: Sections = []
     for row in spec.rows:
         if row.section or not sections:
@@ -121,8 +123,9 @@ def _verdict_text(line: dict[str, Any]) -> str:
 
 def _footer(spec: TableSpec, cells: Cells) -> list[str]:
     row_lines = [cells[row.id, spec.metrics[0]] for row in spec.rows]
-    counts = Counter(line["verdict"] for line in row_lines)
-    footer = ["Verdicts: " + ", ".join(f"{counts[verdict]} {verdict}" for verdict in VERDICTS if counts[verdict])]
+    counts = Counter(_counted_as(line) for line in row_lines)
+    order = [*VERDICTS, *sorted(set(counts) - set(VERDICTS))]
+    footer = ["Verdicts: " + ", ".join(f"{counts[verdict]} {verdict}" for verdict in order if counts[verdict])]
     unjudged = unjudged_presets([line["preset"] for line in row_lines if line["n"] > 0])
     if unjudged:
         footer.append(f"Preset {', '.join(unjudged)}: not comparable with the paper, never judged.")
@@ -131,11 +134,21 @@ def _footer(spec: TableSpec, cells: Cells) -> list[str]:
             f"Published numbers are on {spec.split}, reproduced ones on the validation split: the verdicts are "
             "indicative only (submit `atssrepro predict` results to the COCO server to compare on the same split)."
         )
+    sources = "; ".join(f"{key} = {text}" for key, text in spec.sources.items())
     if spec.status:
-        footer.append(f"Status: {spec.status}")
-    if spec.sources:
-        footer.append("Sources: " + "; ".join(f"{key} = {text}" for key, text in spec.sources.items()))
+        # The status cites the source keys ("CONFIRMED (2 sources: S1 + S2)"): say what they are, on its line.
+        footer.append(f"Published numbers: {spec.status}" + (f"; sources: {sources}" if sources else ""))
+    elif sources:
+        footer.append(f"Sources: {sources}")
     return footer
+
+
+def _counted_as(line: dict[str, Any]) -> str:
+    """A row's verdict in the footer's counts; a row with no verdict counted by its state (corrupt, failed...)."""
+    state = line["state"]
+    if line["verdict"] == "not run" and state not in (RunState.NOT_RUN, RunState.REFERENCE):
+        return str(state)
+    return line["verdict"]
 
 
 def _number(value: float) -> str:
