@@ -31,3 +31,15 @@ def synth_coco(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     make_synthetic_coco(root, train_images=8, val_images=4, seed=0, min_side=128, max_side=192)
     return root
+
+
+@pytest.fixture
+def coco_layout(tmp_path) -> Path:
+    """A dataset root with the COCO layout and nothing in it (empty annotation files, empty image
+    folders): what the checks before a run starts look for, for tests whose runs never read it."""
+    root = tmp_path / "layout"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir()
+        (root / "annotations" / f"instances_{split}.json").write_text("{}")
+    return root

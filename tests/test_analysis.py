@@ -11,6 +11,7 @@ import torch
 
 from atssrepro.analysis import assignment
 from atssrepro.analysis.assignment import (
+    STATIC_STRATEGIES,
     STRATEGIES,
     assignment_statistics,
     plot_positives,
@@ -74,13 +75,13 @@ def hand_made(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hand_made_stats(hand_made):
-    return assignment_statistics(hand_made, STRATEGIES, MODEL)
+    return assignment_statistics(hand_made, STATIC_STRATEGIES, MODEL)
 
 
 def test_one_row_per_strategy_and_usable_box(hand_made_stats):
     stats = hand_made_stats
-    assert len(stats) == len(STRATEGIES) * 6
-    assert list(stats["strategy"].unique()) == list(STRATEGIES)
+    assert len(stats) == len(STATIC_STRATEGIES) * 6
+    assert list(stats["strategy"].unique()) == list(STATIC_STRATEGIES)
     for _, rows in stats.groupby("strategy"):
         assert list(zip(rows["image_id"], rows["gt_index"])) == [(1, 0), (1, 1), (1, 2), (2, 0), (3, 0), (3, 1)]
         assert list(rows["size"]) == SIZES
@@ -115,7 +116,7 @@ def test_batched_counts_equal_one_image_at_a_time(hand_made_stats):
         xyxy = torch.tensor([[x * sx, y * sy, (x + w) * sx, (y + h) * sy] for x, y, w, h in boxes])[None]
         mask = torch.ones(xyxy.shape[:2], dtype=torch.bool)
         ious = batched_iou(anchors, xyxy)[0]  # [N, G]
-        for strategy in STRATEGIES:
+        for strategy in STATIC_STRATEGIES:
             config = dataclasses.replace(MODEL.assign, strategy=strategy)
             matched = assign(config, anchors, num_per_level, 1, xyxy, mask)[0]
             for g in range(len(boxes)):
@@ -142,7 +143,7 @@ def test_max_images_keeps_the_first_images_with_a_box(hand_made):
 
 def test_summary_and_markdown(hand_made_stats):
     summary = summarize(hand_made_stats, MODEL)
-    assert len(summary) == len(STRATEGIES) * 4
+    assert len(summary) == len(STATIC_STRATEGIES) * 4
     assert list(summary["size"][:4]) == ["small", "medium", "large", "all"]
     assert list(summary["num_gt"][:4]) == [2, 2, 2, 6]
     atss = summary[summary["strategy"] == "atss"]
@@ -175,12 +176,14 @@ def test_bad_input_is_a_user_error(tmp_path, hand_made):
 @pytest.fixture(scope="module")
 def tiny_stats(tiny_coco):
     # The first 25 of the 50 images (202 boxes) keep the test fast; all 50 give the same picture.
-    return assignment_statistics(tiny_coco / "annotations" / "instances_val2017.json", STRATEGIES, MODEL, max_images=25)
+    return assignment_statistics(
+        tiny_coco / "annotations" / "instances_val2017.json", STATIC_STRATEGIES, MODEL, max_images=25
+    )
 
 
 def test_tiny_coco_positives_per_size(tiny_stats):
     summary = summarize(tiny_stats, MODEL).set_index(["strategy", "size"])
-    assert len(summary) == len(STRATEGIES) * 4
+    assert len(summary) == len(STATIC_STRATEGIES) * 4
     # The paper's 0.2 x k x L = 9: measured 8.9 here (8.8 on all 50 images).
     assert 4 <= summary.loc[("atss", "all"), "mean_positive"] <= 16
     for size in ("small", "medium", "large"):
@@ -208,3 +211,77 @@ def test_tiny_coco_plot(tiny_stats, tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 20_000
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_prediction_aware_strategies_need_a_model(hand_made):
+    with pytest.raises(UserError, match="tal, paa assign from the network's predictions: give a trained model"):
+        assignment_statistics(hand_made, ["atss", "tal", "paa"], MODEL)
+
+
+# ---- with a checkpoint: every assigner on the same model state, images and predictions
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_coco, tmp_path_factory):
+    """A smoke model trained 2 iterations on 4 tiny COCO images (128 px): a run folder with its checkpoint."""
+    from rich.console import Console
+
+    from atssrepro import config as cfg
+    from atssrepro.data.subset import make_coco_subset
+    from atssrepro.engine.curves import Curves
+    from atssrepro.engine.run_dir import RunDir
+    from atssrepro.engine.train import train
+
+    data = tmp_path_factory.mktemp("tiny4")
+    make_coco_subset(tiny_coco, "train2017", 4, data)
+    settings = [
+        "data.train_short_side=[128, 128]", "data.max_size=192", "data.num_workers=0", "train.batch_size=2",
+        "train.iterations=2", "train.lr_steps=[1]", "train.checkpoint_every=2",
+    ]  # fmt: skip
+    config = cfg.build_config(None, "smoke", settings, str(data))
+    run = RunDir(tmp_path_factory.mktemp("run"))
+    run.init(config, "smoke")
+    with Curves(run.path) as curves:
+        train(config, run, torch.device("cpu"), Console(quiet=True), curves)
+    return run.path
+
+
+def test_checkpoint_analysis_runs_every_strategy_and_static_ones_match_the_boxes_only_path(smoke_run, tiny_coco):
+    from atssrepro.analysis.assignment import checkpoint_assignment_statistics
+    from atssrepro.engine.run import model_from_checkpoint
+
+    model, config = model_from_checkpoint(smoke_run / "checkpoint.pt", torch.device("cpu"))
+    ann = tiny_coco / "annotations" / "instances_val2017.json"
+    stats = checkpoint_assignment_statistics(model, ann, tiny_coco / "val2017", STRATEGIES, 128, 192, max_images=4)
+    assert list(stats["strategy"].unique()) == list(STRATEGIES)
+    assert stats["num_positive"].ge(0).all() and stats.groupby("strategy")["num_positive"].sum().gt(0).all()
+    # The static assigners read boxes only: the same counts as without a model.
+    static = assignment_statistics(ann, STATIC_STRATEGIES, config.model, 128, 192, max_images=4)
+    ours = stats[stats["strategy"].isin(STATIC_STRATEGIES)].reset_index(drop=True)
+    columns = ["strategy", "image_id", "gt_index", "size", "num_positive"]
+    assert ours[columns].equals(static[columns])
+    assert torch.allclose(torch.tensor(ours["scale"].to_numpy()), torch.tensor(static["scale"].to_numpy()))
+
+
+def test_analyze_assignment_with_a_checkpoint_writes_every_strategy_side_by_side(smoke_run, tiny_coco, tmp_path):
+    from atssrepro.cli.run_commands import _analysed_model
+
+    from cli import atssrepro
+
+    ann = str(tiny_coco / "annotations" / "instances_val2017.json")
+    base = ["analyze", "assignment", "--ann", ann, "--out", str(tmp_path), "--max-images", "3"]
+    result = atssrepro(*base, "--checkpoint", str(smoke_run))
+    for strategy in STRATEGIES:
+        assert f"| {strategy} | all |" in result.stdout
+    assert (tmp_path / "positives.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(pd_read(tmp_path / "per_gt.csv")["strategy"]) == set(STRATEGIES)
+    with pytest.raises(UserError, match=r"only model.assign.\* and data.\* can be set"):
+        _analysed_model(smoke_run, ["model.anchors.scale=4"], "cpu")
+    model, config = _analysed_model(smoke_run, ["model.assign.strategy=ota", "model.assign.ota.reg_weight=1.5"], "cpu")
+    assert model.config.assign == config.model.assign and config.model.assign.ota.reg_weight == 1.5
+
+
+def pd_read(path):
+    import pandas as pd
+
+    return pd.read_csv(path)

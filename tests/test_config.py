@@ -23,7 +23,7 @@ def test_defaults_are_the_official_recipe():
     assert (m.assign.topk, m.anchors.scale, m.anchors.aspect_ratios, m.backbone.trainable_stages) == (9, 8.0, (1.0,), 3)
     i = m.inference
     assert (i.score_threshold, i.pre_nms_topk, i.nms_iou, i.detections_per_image) == (0.05, 1000, 0.6, 100)
-    assert cfg.build_config("atss_r50_fpn_1x") == c
+    assert cfg.build_config("atss_r50_fpn_1x") == cfg.with_data_root(c, None)  # data/coco, made absolute
 
 
 def test_layers_apply_in_order(tmp_path):
@@ -94,6 +94,26 @@ def test_every_config_field_has_a_value_rule():
     assert not missing, f"add a rule to the annotation in atssrepro/config/sections.py of: {', '.join(missing)}"
 
 
+def test_every_count_field_has_an_upper_bound():
+    """An integer field (or list of them) refuses a count far beyond any schedule or model: 10^12
+    (train.seed aside, a seed of any 63-bit value)."""
+    accepted = []
+    for key in cfg.config_fields():
+        node = cfg.Config()
+        for part in key.split("."):
+            node = getattr(node, part)
+        if key == "train.seed" or not (type(node) is int or (isinstance(node, tuple) and type(node[0]) is int)):
+            continue
+        huge = [10**12] * len(node) if isinstance(node, tuple) else 10**12
+        try:
+            cfg.apply(cfg.Config(), cfg.parse_override(f"{key}={huge}"), "test")
+        except UserError as error:
+            assert key in str(error)
+        else:
+            accepted.append(key)
+    assert not accepted, f"give these counts an upper bound in atssrepro/config/sections.py: {', '.join(accepted)}"
+
+
 def test_defaults_and_presets_obey_the_rules():
     for preset in cfg.PRESETS:
         cfg.build_config(None, preset)
@@ -103,7 +123,18 @@ def test_defaults_and_presets_obey_the_rules():
 @pytest.mark.parametrize(
     "assignment, message",
     [
-        ("model.assign.topk=0", "model.assign.topk = 0 is not valid: must be >= 1"),
+        ("model.assign.topk=0", "model.assign.topk = 0 is not valid: must be in [1, 1000]"),
+        # Counts have an upper bound too (issue 17): absurd ones are refused as they are read.
+        ("model.assign.topk=2000000000", "model.assign.topk = 2000000000 is not valid: must be in [1, 1000]"),
+        ("train.iterations=1000000000", "train.iterations = 1000000000 is not valid: must be in [1, 2000000]"),
+        ("train.batch_size=100000", "train.batch_size = 100000 is not valid: must be in [1, 4096]"),
+        ("train.log_every=3000000", "train.log_every"),
+        ("train.warmup_iters=3000000", "train.warmup_iters"),
+        ("model.head.convs=100", "model.head.convs = 100 is not valid: must be in [1, 16]"),
+        ("model.fpn_channels=65536", "model.fpn_channels"),
+        ("model.inference.pre_nms_topk=1000000", "model.inference.pre_nms_topk"),
+        ("model.inference.detections_per_image=100000", "model.inference.detections_per_image"),
+        ("model.anchors.scales_per_octave=64", "model.anchors.scales_per_octave"),
         ("train.base_lr=-0.01", "train.base_lr = -0.01 is not valid"),
         ("train.base_lr=nan", "train.base_lr = nan"),
         ("train.base_lr=inf", "must be finite"),

@@ -239,7 +239,25 @@ def set_cases() -> list[Case]:
         Case(["config", "--set", "model.head.channels=48"], "model.head.channels"),
         Case(["config", "--set", "model.assign.scale_ranges=[0, 64, 128, 256, 512]"], "scale_ranges"),
         Case(["config", "--set", "train.momentum=2"], "train.momentum"),
-    ]
+        # the prediction-aware strategies' sections: out-of-range values, and a section of another strategy
+        Case(["config", "--set", "model.assign.strategy=tal", "--set", "model.assign.tal.topk=0"],
+             "model.assign.tal.topk"),
+        Case(["config", "--set", "model.assign.simota.iou_weight=-1"], "model.assign.simota.iou_weight"),
+        Case(["config", "--set", "model.assign.ota.sinkhorn_eps=-0.1"], "model.assign.ota.sinkhorn_eps"),
+        Case(["config", "--set", "model.assign.ota.sinkhorn_eps=0"], "model.assign.ota.sinkhorn_eps"),
+        Case(["config", "--set", "model.assign.simota.center_radius=0"], "model.assign.simota.center_radius"),
+        Case(["config", "--set", "model.assign.dsl.soft_center_radius=-3"], "model.assign.dsl.soft_center_radius"),
+        Case(["config", "--set", "model.assign.ota.sinkhorn_iterations=0"], "model.assign.ota.sinkhorn_iterations"),
+        Case(["config", "--set", "model.assign.tal.warmup_iters=-1"], "model.assign.tal.warmup_iters"),
+        Case(["config", "--set", "model.assign.tal.topk=5"],
+             "model.assign.tal.topk = 5 is set but model.assign.strategy"),
+        Case(["config", "--set", "model.assign.strategy=simota", "--set", "model.assign.ota.top_candidates=10"],
+             "model.assign.ota.top_candidates"),
+        Case(["config", "--set", "model.assign.strategy=ota", "--set", "model.assign.tal.soft_targets=true"],
+             "model.assign.tal.soft_targets"),
+        Case(["config", "--set", "model.assign.strategy=paa", "--set", "model.assign.paa.neg_iou=0.3"],
+             "model.assign.paa.neg_iou"),
+    ]  # fmt: skip
     return cases
 
 
@@ -299,6 +317,8 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         "train.base_lr = inf": "[train]\nbase_lr = inf\n",
         "model.assign is a section": "[model]\nassign = 3\n",
         "data.flip_prob = 2": "[data]\nflip_prob = 2\n",
+        "model.assign.dsl.topk = 0": "[model.assign]\nstrategy = 'dsl'\n[model.assign.dsl]\ntopk = 0\n",
+        "model.assign.dsl.topk = 5 is set": "[model.assign.dsl]\ntopk = 5\n",
     }
     for i, (culprit, text) in enumerate(configs.items()):
         cases.append(Case(["config", "--config", str(write(f"config{i}.toml", text))], culprit))
@@ -320,6 +340,7 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
         "checked": "checked = [1, 2]",
         "grid": "grid = ['a']",
         "tta": "tta = 'yes'",
+        "model.assign.ota.reg_weight = -1.5": "config = { model.assign = { strategy = 'ota', ota.reg_weight = -1.5 } }",
     }
     for i, (culprit, line) in enumerate(specs.items()):
         text = f'title = "T"\ncaption = "c"\nmetrics = ["AP"]\n[[rows]]\nid = "a"\nlabel = "A"\n{line}\n'
@@ -415,6 +436,34 @@ def claim_and_preset_cases(root: Path) -> list[Case]:
     return cases
 
 
+def count_cases(root: Path, world: dict[str, Path]) -> list[Case]:
+    """Counts out of their range, results stores that are files, devices this machine lacks."""
+    cases = []
+    store = ["--results", str(root / "results")]
+    for command in (["run", "table3", "--dry-run"], ["list", *store], ["show", "table3"], ["status", *store],
+                    ["report", "table3", *store], ["cancel", "table3", *store], ["run", "table3", *store]):  # fmt: skip
+        for seeds in ("0", "-2", "101", "100000000"):
+            cases.append(Case([*command, "--seeds", seeds], f"--seeds {seeds}"))
+    for gpus_per_run in ("0", "-1", "65", "1000000000"):
+        cases.append(Case(["run", "table3", "--gpus-per-run", gpus_per_run], f"--gpus-per-run {gpus_per_run}"))
+    coco = ["data", "subset", "--coco", str(root / "coco"), "--out", str(root / "sub")]
+    for images in ("0", "-5", "1000000000"):
+        cases.append(Case([*coco, "--images", images], f"--images {images}"))
+    analyze = ["analyze", "assignment", "--ann", str(world["ann"]), "--out", str(root / "analysis")]
+    cases.append(Case([*analyze, "--max-images", "0"], "--max-images 0"))
+    for device in ("cuda:7", "gpu", "mps", "cuda:-1", "cpu:x"):
+        cases.append(Case([*analyze, "--device", device], "--device"))
+    for command in (["status"], ["report", "table3"], ["list"], ["run", "table3"], ["cancel", "table3"]):
+        for store in ("a_file", "a_file/sub"):
+            cases.append(Case([*command, "--results", str(root / store)], f"--results {root / store}"))
+    cases.append(Case(["config", "--data", ""], "--data ''"))
+    # Inputs a run needs, checked before anything starts, on either executor (issue 17, item 4).
+    wrong = ["--data", str(root / "wrong"), "--results", str(root / "results")]
+    for executor in (["--executor", "local"], ["--executor", "slurm", "--profile", "local"]):
+        cases.append(Case(["run", "table3", "--rows", "fcos", *wrong, *executor], f"data root {root / 'wrong'}"))
+    return cases
+
+
 def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
     """Inputs of the same kinds that must be accepted (exit 0)."""
     cases = []
@@ -425,6 +474,9 @@ def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
         ["config", "--set", "data.train_short_side=[640, 800]", "--set", "model.assign.topk=1"],
         ["config", "--set", "model.assign.negative_iou=0.5", "--set", "model.assign.positive_iou=0.5"],
         ["config", "--set", "train.momentum=0", "--set", "model.loss.focal_gamma=0"],
+        ["config", "--set", "model.assign.strategy=tal", "--set", "model.assign.tal.warmup_iters=29316"],
+        ["config", "--set", "model.assign.strategy=tal", "--set", "model.assign.tal.soft_targets=true"],
+        ["config", "--set", "model.assign.strategy=ota", "--set", "model.assign.ota.sinkhorn_iterations=1"],
         ["eval", "--detections", str(world["dets"]), "--ann", str(world["ann"]), "--json"],
         ["show", "table3"],
         ["run", "table3", "--dry-run", "--results", str(root / "results")],
@@ -444,7 +496,8 @@ def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
 
 def test_fuzz_malformed_inputs_are_one_line_errors(tmp_path, capsys):
     world = build_world(tmp_path)
-    cases = set_cases() + file_cases(tmp_path, world) + claim_and_preset_cases(tmp_path)
+    cases = set_cases() + file_cases(tmp_path, world) + count_cases(tmp_path, world)
+    cases += claim_and_preset_cases(tmp_path)
     assert len(cases) >= 300, len(cases)
     before = snapshot(tmp_path)
     failures = []
@@ -473,3 +526,94 @@ def test_fuzz_valid_inputs_are_accepted(tmp_path, capsys):
     for args in valid_cases(tmp_path, world):
         code, out, err = run_cli(args, capsys, tmp_path)
         assert code == 0, f"atssrepro {' '.join(args)} exited {code}: {err[-400:]}"
+
+
+# ---- records of a run folder: readable JSON of the wrong shape ------------------------------------
+
+RECORDS: list[tuple[str, str, str]] = [
+    # (file, content, the field the message names)
+    ("run.json", '{"state": 3}', "state"),
+    ("run.json", '{"state": "exploded"}', "state"),
+    ("run.json", '{"state": null}', "state"),
+    ("run.json", '{"id": "abc"}', "state"),
+    ("run.json", '{"state": "pending", "slurm_job_id": [1234]}', "slurm_job_id"),
+    ("run.json", '{"state": "pending", "slurm_job_id": {"id": 1}}', "slurm_job_id"),
+    ("run.json", '{"state": "pending", "slurm_job_id": 1234}', "slurm_job_id"),
+    ("run.json", '{"state": "running", "requeues": "two"}', "requeues"),
+    ("run.json", '{"state": "done", "requeues": -1}', "requeues"),
+    ("run.json", '{"state": "failed", "message": 5}', "message"),
+    ("run.json", '{"state": "failed", "message": ["a", "b"]}', "message"),
+    ("run.json", '{"state": "done", "world_size": 0}', "world_size"),
+    ("run.json", '{"state": "pending", "threads": 1.5}', "threads"),
+    ("run.json", '{"state": "done", "started": "yesterday"}', "started"),
+    ("run.json", '{"state": "done", "pretrained": "R-50.pkl"}', "pretrained"),
+    ("run.json", '{"state": "done", "slurm_log": false}', "slurm_log"),
+    ("metrics.json", '{"stats": {"AP": "0.4"}}', "stats.AP"),
+    ("metrics.json", '{"stats": {"AP": null}}', "stats.AP"),
+    ("metrics.json", '{"stats": {"AP": true}}', "stats.AP"),
+    ("metrics.json", '{"stats": {"AP": 40.5}}', "stats.AP"),
+    ("metrics.json", '{"stats": {"AP": NaN}}', "stats.AP"),
+    ("metrics.json", '{"stats": [0.4]}', "stats"),
+    ("metrics.json", '{"stats": "good"}', "stats"),
+    ("metrics.json", '{"backend": "pycocotools"}', "stats"),
+    ("metrics.json", '{"stats": {"AP": 0.4}, "num_images": "3"}', "num_images"),
+    ("metrics.json", '{"stats": {"AP": 0.4}, "per_class_ap": {"cat": "high"}}', "per_class_ap.cat"),
+    ("metrics.json", '{"stats": {"AP": 0.4}, "world_size": [2]}', "world_size"),
+    ("metrics_tta.json", '{"stats": {"AP": "x"}}', "stats.AP"),
+    ("log.jsonl", '{"iter": "3", "loss": 1.0}', "iter"),
+    ("log.jsonl", '{"iter": 3.5, "loss": 1.0}', "iter"),
+    ("log.jsonl", '{"iter": 0, "loss": 1.0}', "iter"),
+    ("log.jsonl", '{"loss": 1.0}', "iter"),
+    ("log.jsonl", '{"iter": 3}', "loss"),
+    ("log.jsonl", '{"iter": 3, "loss": "low"}', "loss"),
+    ("log.jsonl", '{"iter": 3, "loss": null}', "loss"),
+    ("log.jsonl", '{"iter": 3, "loss": 1.0, "lr": "0.01"}', "lr"),
+    ("log.jsonl", '{"iter": 3, "loss": 1.0, "cls": [1.0]}', "cls"),
+    ("log.jsonl", '{"iter": 3, "loss": 1.0, "img_per_s": -2}', "img_per_s"),
+    ("log.jsonl", "[3, 1.0]", "line 2"),
+    ("log.jsonl", '"iteration 3"', "line 2"),
+]
+
+
+def test_fuzz_malformed_run_records_show_as_corrupt_everywhere(tmp_path, capsys):
+    """A record of the right JSON type but the wrong shape: status and report show the run as
+    corrupt, naming the file and the field; cancel goes on; run refuses it in one line. No
+    traceback, nothing written."""
+    from atssrepro.harness.plan import plan
+    from atssrepro.harness.specs import load_table
+
+    where = ["table3", "--preset", "smoke", "--data", str(tmp_path / "coco")]
+    (run,) = plan([load_table("table3")], "smoke", rows=["fcos"], data_root=str(tmp_path / "coco"))
+    stores = []
+    for i, (name, content, _) in enumerate(RECORDS):
+        folder = tmp_path / f"store{i}" / run.run_id
+        folder.mkdir(parents=True)
+        (folder / "config.toml").write_text(cfg.to_toml(run.config))
+        if name != "run.json":
+            (folder / "run.json").write_text('{"state": "done"}')
+        if name == "log.jsonl":
+            content = '{"iter": 5, "loss": 2.0}\n' + content + "\n"
+        (folder / name).write_text(content)
+        stores.append(folder.parent)
+    before = snapshot(tmp_path)
+    failures = []
+    for store, (name, content, field) in zip(stores, RECORDS):
+        results = ["--results", str(store)]
+        culprit = [f"{store / run.run_id / name} is corrupt", field]
+        code, out, err = run_cli(["status", *where, *results, "--json"], capsys, tmp_path)
+        statuses = [json.loads(line) for line in out.splitlines()] if code == 0 else []
+        shown = next((s for s in statuses if s["run_id"] == run.run_id), {})
+        if shown.get("state") != "corrupt" or not all(c in shown.get("message", "") for c in culprit):
+            failures.append(f"status, {name} {content}: exit {code}, {out.strip()[:300]} {err.strip()[-300:]}")
+        code, out, err = run_cli(["report", *where, *results, "-f", "csv"], capsys, tmp_path)
+        if code != 0 or "corrupt" not in out or not all(c in err for c in culprit) or "Traceback" in err:
+            failures.append(f"report, {name} {content}: exit {code}, {err.strip()[-300:]}")
+        code, out, err = run_cli(["cancel", *where, *results], capsys, tmp_path)
+        if code != 0 or "Traceback" in err:
+            failures.append(f"cancel, {name} {content}: exit {code}, {err.strip()[-300:]}")
+        code, out, err = run_cli(["run", *where, "--rows", "fcos", *results], capsys, tmp_path)
+        lines = err.strip().splitlines()
+        if code != 2 or len(lines) != 1 or not all(c in lines[0] for c in culprit) or "--force" not in lines[0]:
+            failures.append(f"run, {name} {content}: exit {code}, {err.strip()[-300:]}")
+    assert not failures, f"{len(failures)} failed:\n" + "\n".join(failures[:25])
+    assert snapshot(tmp_path) == before

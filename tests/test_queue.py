@@ -78,10 +78,18 @@ def stub(tmp_path, monkeypatch) -> Stub:
     return stub
 
 
-def planned(*run_ids: str) -> list[PlannedRun]:
-    # From scratch: the queue looks for the pretrained weights of runs that start training.
-    config = cfg.apply(cfg.Config(), {"model": {"backbone": {"weights": ""}}}, "test")
-    return [PlannedRun(run_id, config, cfg.SMOKE, 0) for run_id in run_ids]
+@pytest.fixture
+def planned(coco_layout):
+    """``planned(*run_ids)``: runs of the default config on an (empty) dataset, which the queue
+    checks before it starts, and which the stubs never read."""
+
+    def runs(*run_ids: str) -> list[PlannedRun]:
+        # From scratch: the queue looks for the pretrained weights of runs that start training.
+        config = cfg.apply(cfg.Config(), {"model": {"backbone": {"weights": ""}}}, "test")
+        config = cfg.with_data_root(config, str(coco_layout))
+        return [PlannedRun(run_id, config, cfg.SMOKE, 0) for run_id in run_ids]
+
+    return runs
 
 
 def intervals(recorded: list[dict]) -> dict[str, tuple[float, float]]:
@@ -89,7 +97,7 @@ def intervals(recorded: list[dict]) -> dict[str, tuple[float, float]]:
     return {e["run"]: (starts[e["run"]], e["time"]) for e in recorded if e["event"] != "start"}
 
 
-def test_runs_are_packed_onto_slots_and_a_failure_does_not_stop_the_queue(stub, tmp_path):
+def test_runs_are_packed_onto_slots_and_a_failure_does_not_stop_the_queue(stub, tmp_path, planned):
     store = Store(tmp_path / "results")
     runs = planned("run0", "run1", "run2-fail", "run3", "run4")
     output = io.StringIO()
@@ -118,7 +126,7 @@ def test_runs_are_packed_onto_slots_and_a_failure_does_not_stop_the_queue(stub, 
                 assert devices[a] != devices[b], (a, b)
 
 
-def test_slots_of_several_gpus_train_with_torchrun(stub, tmp_path):
+def test_slots_of_several_gpus_train_with_torchrun(stub, tmp_path, planned):
     executor = QueueExecutor(Console(file=io.StringIO()), ["0", "1", "2", "3", "4"], gpus_per_run=2)
     assert [str(slot) for slot in executor.slots] == ["0,1", "2,3"]  # GPU 4 stays idle
 
@@ -130,7 +138,7 @@ def test_slots_of_several_gpus_train_with_torchrun(stub, tmp_path):
     assert all("-m torch.distributed.run --standalone --nproc_per_node 2" in e["launcher"] for e in started)
 
 
-def test_runs_whose_batch_the_slot_cannot_split_are_refused_before_any_starts(stub, tmp_path):
+def test_runs_whose_batch_the_slot_cannot_split_are_refused_before_any_starts(stub, tmp_path, planned):
     executor = QueueExecutor(Console(file=io.StringIO()), ["0", "1", "2"], gpus_per_run=3)
     with pytest.raises(UserError, match=r"train.batch_size = 16 cannot be split over 3 processes \(--gpus-per-run\)"):
         executor.execute(planned("a"), Store(tmp_path / "results"))
@@ -175,7 +183,7 @@ with RunDir(sys.argv[1]).lock():
 """
 
 
-def test_a_run_that_another_process_trains_is_busy_and_left_as_it_is(tmp_path):
+def test_a_run_that_another_process_trains_is_busy_and_left_as_it_is(tmp_path, planned):
     """The worker finds the run's lock held (RunBusy) and says so in its outcome record: no stub here."""
     store = Store(tmp_path / "results")
     (run,) = planned("held")
@@ -192,7 +200,7 @@ def test_a_run_that_another_process_trains_is_busy_and_left_as_it_is(tmp_path):
 
 
 @pytest.mark.parametrize("running", [1, 2])
-def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, running):
+def test_ctrl_c_reaches_the_running_runs_and_starts_no_more(stub, tmp_path, planned, running):
     stub.seconds = 60
     store = Store(tmp_path / "results")
     runs = planned("run0", "run1", "run2", "run3")

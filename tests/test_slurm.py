@@ -166,6 +166,9 @@ def test_a_smoke_table_on_slurm_from_submission_to_report(cluster, synth_coco, t
 
     submitted = atssrepro("run", "table4", *rows, *where, *slurm, env=from_checkout)
     assert "2 submitted" in submitted.stderr
+    # Each job's line names its log, the file the run's progress goes to (issue 17, item 6).
+    logs = re.findall(r"submitted, job (\S+), its log: (\S+)", " ".join(submitted.stderr.split()))
+    assert len(logs) == 2 and all(log.endswith(".err") and job.split("_")[0] in log for job, log in logs), logs
     # Editing the checkout now changes nothing in the jobs: they run a snapshot of it.
     (checkout / "atssrepro" / "engine" / "run.py").write_text("raise RuntimeError('edited after submission')\n")
 

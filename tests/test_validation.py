@@ -118,7 +118,7 @@ def test_a_pickle_that_runs_code_is_refused_by_every_reader(tmp_path, capsys, sy
 
 def test_corrupt_run_records_show_as_corrupt_and_run_refuses_them(tmp_path, capsys):
     results = tmp_path / "results"
-    runs = plan([load_table("table3")], "smoke")
+    runs = plan([load_table("table3")], "smoke", data_root=str(tmp_path / "data" / "coco"))  # the default, there
     corrupt = {
         runs[0].run_id: ("run.json", b"\x00\x01binary"),
         runs[1].run_id: ("metrics.json", b"[1, 2]"),
@@ -153,7 +153,9 @@ def test_corrupt_run_records_show_as_corrupt_and_run_refuses_them(tmp_path, caps
 def test_train_on_a_malformed_annotation_file_is_one_line(tmp_path, capsys, synth_coco):
     data = tmp_path / "data"
     (data / "annotations").mkdir(parents=True)
-    (data / "train2017").symlink_to(synth_coco / "train2017")
+    for split in ("train2017", "val2017"):
+        (data / split).symlink_to(synth_coco / split)
+    (data / "annotations" / "instances_val2017.json").symlink_to(synth_coco / "annotations" / "instances_val2017.json")
     ann = json.loads((synth_coco / "annotations" / "instances_train2017.json").read_text())
     ann["annotations"][3]["bbox"] = [1, 2, float("nan"), 4]
     (data / "annotations" / "instances_train2017.json").write_text(json.dumps(ann))
@@ -169,7 +171,7 @@ def test_train_on_a_malformed_annotation_file_is_one_line(tmp_path, capsys, synt
 def test_train_on_a_run_folder_with_corrupt_metrics_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.toml").write_text(cfg.to_toml(SMOKE))
+    (run / "config.toml").write_text(cfg.to_toml(cfg.with_data_root(SMOKE, str(tmp_path / "data" / "coco"))))
     (run / "metrics.json").write_bytes(b"\x89PNG\r\n")
     code, _, err = run_cli(["train", "--preset", "smoke", "--out", str(run)], capsys, tmp_path)
     assert_one_line(code, err, "metrics.json is corrupt", "--force")

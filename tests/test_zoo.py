@@ -76,25 +76,26 @@ def test_checkpoint_field_is_validated(tmp_path):
 
 
 @pytest.mark.slow
-def test_missing_checkpoints_fail_their_rows_only_and_status_shows_them(tmp_path):
+def test_missing_checkpoints_fail_their_rows_only_and_status_shows_them(tmp_path, coco_layout):
     results = tmp_path / "results"
+    data = coco_layout  # the runs never read it, but run checks that it is there before they start
     common = ["--rows", "r50_1x", "--rows", "dcnv2_r50_1x", "--results", str(results)]
     wide = {**os.environ, "COLUMNS": "500"}  # one progress line per run
     zoo_dir = str(tmp_path / "zoo")
-    ran = atssrepro("run", "zoo", "--zoo-dir", zoo_dir, "--data", str(tmp_path), *common, check=False, env=wide)
+    ran = atssrepro("run", "zoo", "--zoo-dir", zoo_dir, "--data", str(data), *common, check=False, env=wide)
     assert ran.returncode == 1, ran.stderr
     assert "0 of 2 runs finished" in ran.stderr and "Traceback" not in ran.stderr
     assert ran.stderr.count("ATSS_R_50_FPN_1x.pth not found") == 2  # the progress line and the summary
-    status = atssrepro("status", "zoo", "--json", "--data", str(tmp_path), "--results", str(results))
+    status = atssrepro("status", "zoo", "--json", "--data", str(data), "--results", str(results))
     status = status.stdout.splitlines()
     status = [json.loads(line) for line in status]
     by_rows = {tuple(s["rows"]): s for s in status}
     missing = by_rows[("zoo/dcnv2_r50_1x",)]
     assert missing["state"] == "failed" and "ATSS_dcnv2_R_50_FPN_1x.pth not found" in missing["message"]
     assert by_rows[("zoo/r101_2x",)]["state"] == "not run"
-    cancelled = atssrepro("cancel", "zoo", "--data", str(tmp_path), "--results", str(results))
+    cancelled = atssrepro("cancel", "zoo", "--data", str(data), "--results", str(results))
     assert "cancelled 0 job(s)" in cancelled.stderr
-    no_dir = atssrepro("run", "zoo", "--data", str(tmp_path), *common, check=False)
+    no_dir = atssrepro("run", "zoo", "--data", str(data), *common, check=False)
     assert no_dir.returncode == 2 and "give --zoo-dir DIR" in no_dir.stderr
 
 
@@ -124,10 +125,10 @@ def test_missing_weights_stop_run_and_train_before_anything_starts_or_is_submitt
     trained = atssrepro("train", "--set", f"model.backbone.weights={missing}", "--data", str(synth_coco),
                         "--out", str(out), check=False)  # fmt: skip
     assert trained.returncode == 2 and f"file {missing} not found" in trained.stderr
-    assert json.loads((out / "run.json").read_text())["state"] == "pending"  # never started
+    assert not out.exists()  # checked before the run folder is written
 
 
-def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monkeypatch):
+def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monkeypatch, coco_layout):
     from atssrepro.model import pretrained
 
     monkeypatch.setenv("ATSSREPRO_WEIGHTS", str(tmp_path / "cache"))
@@ -135,7 +136,7 @@ def test_offline_catalog_weights_stop_the_queue_before_it_starts(tmp_path, monke
     offline = pretrained.CatalogEntry(entry.name, (tmp_path / "offline.pkl").as_uri(), entry.backbone)
     monkeypatch.setitem(pretrained.CATALOG, "MSRA/R-50", offline)
     spec = load_table(_spec_with_weights(tmp_path, "MSRA/R-50"))
-    runs = plan([spec], "paper", data_root=str(tmp_path))
+    runs = plan([spec], "paper", data_root=str(coco_layout))
     store = Store(tmp_path / "results")
     with pytest.raises(UserError, match=rf"put it at {re.escape(str(tmp_path / 'cache' / 'MSRA' / 'R-50.pkl'))}"):
         QueueExecutor(Console(quiet=True), ["cpu"]).execute(runs, store)
@@ -202,11 +203,11 @@ def test_zoo_rows_import_official_checkpoints_evaluate_them_and_report_them(tmp_
     assert "done already" in again.stderr
 
 
-def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(tmp_path):
+def test_on_slurm_missing_checkpoints_fail_their_rows_and_nothing_is_submitted(tmp_path, coco_layout):
     from atssrepro.harness.slurm import SlurmExecutor
     from atssrepro.harness.slurm_profile import load_profile
 
-    runs = plan([load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(tmp_path), zoo_dir=tmp_path)
+    runs = plan([load_table("zoo")], "paper", rows=["r50_1x", "r101_2x"], data_root=str(coco_layout), zoo_dir=tmp_path)
     store = Store(tmp_path / "results")
     outcomes = SlurmExecutor(Console(quiet=True), load_profile("local")).execute(runs, store)
     assert [o.state for o in outcomes] == ["failed", "failed"]

@@ -12,6 +12,11 @@ only adds anchors beyond the image); its anchors are those of its padded size. I
 padded size share their anchors, so they are assigned in batches. On 2 CPU cores a val2017-sized
 file (5,000 images, 39k boxes) takes about 10 s with ATSS alone and 1.5 minutes with all four
 strategies (docs/benchmarks.md); ``max_images`` analyses a sample of a larger file.
+
+The prediction-aware assigners (TAL, SimOTA, OTA, DSL, PAA) also read the network's predictions, so
+they need a trained model: :func:`checkpoint_assignment_statistics` reads the images, runs the model
+of a checkpoint once per image and gives every assigner, the static ones too, the same model state,
+images and predictions (``atssrepro analyze assignment --checkpoint RUN_OR_FILE``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import dataclasses
 import math
 import typing
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,14 +35,18 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.ops import box_area
 
-from atssrepro.config import AssignConfig, ModelConfig
-from atssrepro.data.coco import load_coco, resized_size, usable_boxes
+from atssrepro.config import PREDICTION_AWARE, AssignConfig, ModelConfig
+from atssrepro.data.batch import collate
+from atssrepro.data.coco import CocoDetection, SampleSpec, load_coco, resized_size, usable_boxes
 from atssrepro.errors import UserError
 from atssrepro.fileio import atomic_write
 from atssrepro.model.anchors import STRIDES, feature_sizes, grid_anchors
 from atssrepro.model.assign import assign, paired_iou
+from atssrepro.model.detector import OneStageDetector
 
 STRATEGIES: tuple[str, ...] = typing.get_args(typing.get_type_hints(AssignConfig)["strategy"])
+STATIC_STRATEGIES: tuple[str, ...] = tuple(s for s in STRATEGIES if s not in PREDICTION_AWARE)
+"""The strategies that read boxes only: :func:`assignment_statistics` runs them without a model."""
 SIZES = ("small", "medium", "large")
 SMALL_AREA = 32**2
 """COCO's size buckets: small < 32^2 <= medium < 96^2 <= large (area in original pixels)."""
@@ -52,6 +61,11 @@ STRATEGY_LABELS = {
     "iou": "IoU thresholds (RetinaNet)",
     "ssc": "spatial & scale constraint (FCOS)",
     "center_sampling": "FCOS with center sampling",
+    "tal": "TAL (TOOD)",
+    "simota": "SimOTA (YOLOX)",
+    "ota": "OTA",
+    "dsl": "DSL (RTMDet)",
+    "paa": "PAA",
 }
 
 
@@ -88,13 +102,14 @@ def assignment_statistics(
     max_images: int | None = None,
     batch_size: int = 16,
     device: str = "cpu",
+    report: Callable[[int, int], None] = lambda done, total: None,
 ) -> pd.DataFrame:
     """Positive anchors of every usable GT box of a COCO annotation file, for each strategy.
 
     Crowd boxes and boxes 1 pixel or less wide or high after clipping are dropped, as in training;
     images left without a box are skipped. ``max_images`` keeps the first images (by id) that have
     a box. Each strategy runs ``model.assign`` with only its ``strategy`` replaced, on the anchors
-    of ``model.anchors``.
+    of ``model.anchors``. ``report(done, total)`` is called after each batch of images.
 
     Returns:
         One row per (strategy, GT), strategies in the given order, then by image id and GT index:
@@ -104,11 +119,12 @@ def assignment_statistics(
         which is smaller for most objects); ``scale`` (sqrt of the box area in resized pixels);
         ``num_positive``; ``mean_iou`` (mean IoU of the positives with this GT, NaN when it has none).
     """
-    strategies = list(dict.fromkeys(strategies))
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not strategies:
-        given = f"unknown assignment strategy {', '.join(map(repr, unknown))}" if unknown else "no assignment strategy"
-        raise UserError(f"{given}; choose from {', '.join(STRATEGIES)}")
+    strategies = _checked_strategies(strategies)
+    aware = [s for s in strategies if s in PREDICTION_AWARE]
+    if aware:
+        raise UserError(
+            f"{', '.join(aware)} assign from the network's predictions: give a trained model (--checkpoint RUN_OR_FILE)"
+        )
     if batch_size < 1 or (max_images is not None and max_images < 1):
         raise UserError(f"batch size {batch_size} and max images {max_images} must be at least 1")
     images = _load_images(Path(ann_file), short_side, max_size, size_divisible, max_images)
@@ -138,6 +154,7 @@ def assignment_statistics(
                 positives[strategy].append(counts[gt_mask].cpu())
                 mean_ious[strategy].append(iou[gt_mask].cpu())
             ordered.extend(batch)
+            report(len(ordered), len(images))
 
     gts = pd.DataFrame(
         {
@@ -154,6 +171,83 @@ def assignment_statistics(
             strategy=strategy,
             num_positive=torch.cat(positives[strategy]).numpy()[order],
             mean_iou=torch.cat(mean_ious[strategy]).numpy()[order],
+        )[STATISTICS_COLUMNS]
+        for strategy in strategies
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _checked_strategies(strategies: Sequence[str]) -> list[str]:
+    strategies = list(dict.fromkeys(strategies))
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        given = f"unknown assignment strategy {', '.join(map(repr, unknown))}" if unknown else "no assignment strategy"
+        raise UserError(f"{given}; choose from {', '.join(STRATEGIES)}")
+    return strategies
+
+
+@torch.no_grad()
+def checkpoint_assignment_statistics(
+    model: OneStageDetector,
+    ann_file: Path,
+    image_dir: Path,
+    strategies: Sequence[str] = STRATEGIES,
+    short_side: int = 800,
+    max_size: int = 1333,
+    size_divisible: int = 32,
+    max_images: int | None = None,
+    report: Callable[[int, int], None] = lambda done, total: None,
+) -> pd.DataFrame:
+    """:func:`assignment_statistics` on the same model state, images and predictions for every strategy.
+
+    Each image with a usable box is read and resized as training does (at ``short_side``, without
+    flipping), padded on its own and run through ``model`` once (in eval mode, no gradient); every
+    strategy then assigns from those head outputs with :meth:`OneStageDetector.assignment`, the
+    training path: the model's ``assign`` settings with only ``strategy`` replaced, past any TAL
+    warm-up. Returns the same columns and order as :func:`assignment_statistics`; ``report(done, total)``
+    is called after each image.
+    """
+    strategies = _checked_strategies(strategies)
+    if max_images is not None and max_images < 1:
+        raise UserError(f"max images {max_images} must be at least 1")
+    if not Path(image_dir).is_dir():
+        raise UserError(f"image folder {image_dir} not found; pass --images DIR, the images of {ann_file}")
+    dataset = CocoDetection(Path(ann_file), Path(image_dir), train=True, max_size=max_size)
+    configs = {s: dataclasses.replace(model.config.assign, strategy=s) for s in strategies}
+    device = next(model.parameters()).device
+    model.eval()
+    columns: dict[str, list] = defaultdict(list)
+    results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in strategies}
+    total = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for index in range(total):
+        sample = dataset[SampleSpec(index, short_side, False)]
+        batch = collate([sample], size_divisible).to(device)
+        outputs = model.head_outputs(batch.images, batch.image_sizes)
+        for strategy, config in configs.items():
+            matched = model.assignment(outputs, batch.boxes, batch.labels, batch.box_mask, None, config).matched
+            counts, iou = _positive_statistics(matched, outputs.anchors, batch.boxes)
+            results[strategy].append((counts[0].cpu(), iou[0].cpu()))
+        columns["image_id"].append(np.full(len(sample.boxes), sample.image_id))
+        columns["gt_index"].append(np.arange(len(sample.boxes)))
+        (height, width), (new_height, new_width) = sample.original_size, sample.image.shape[1:]
+        columns["original_area"].append((box_area(sample.boxes) * (height * width / (new_height * new_width))).numpy())
+        columns["scale"].append(box_area(sample.boxes).sqrt().numpy())
+        report(index + 1, total)
+    if not columns:
+        raise UserError(f"annotation file {ann_file} has no usable (non-crowd, > 1 pixel) box; nothing to analyse")
+    gts = pd.DataFrame(
+        {
+            "image_id": np.concatenate(columns["image_id"]),
+            "gt_index": np.concatenate(columns["gt_index"]),
+            "size": _size_bucket(np.concatenate(columns["original_area"])),
+            "scale": np.concatenate(columns["scale"]),
+        }
+    )
+    frames = [
+        gts.assign(
+            strategy=strategy,
+            num_positive=torch.cat([c for c, _ in results[strategy]]).numpy(),
+            mean_iou=torch.cat([i for _, i in results[strategy]]).numpy(),
         )[STATISTICS_COLUMNS]
         for strategy in strategies
     ]

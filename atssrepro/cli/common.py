@@ -116,8 +116,23 @@ SetOption = typer.Option(
 DataOption = typer.Option(
     None, "--data", "-d", metavar="DIR", help="Dataset root (annotations/, train2017/, val2017/)."
 )
+
+
+def count_option(default: int | None, *names: str, low: int, high: int, help: str, metavar: str = "N") -> Any:
+    """An integer option with its range, shown in its help: a value outside it stops the command as
+    it is parsed, before any work, in one line and exit code 2 (``--seeds 0: must be an integer in
+    [1, 100]``). Every count option of the commands is one of these."""
+
+    def in_range(param: typer.CallbackParam, value: int | None) -> int | None:
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{param.opts[0]} {value}: must be an integer in [{low}, {high}]")
+        return value
+
+    return typer.Option(default, *names, metavar=metavar, callback=in_range, help=f"{help} ({low} to {high})")
+
+
 # --preset, --seeds and --data make a row's run id: every command that names runs takes all three.
-SeedsOption = typer.Option(1, metavar="N", help="Seeds 0..N-1 per row.")
+SeedsOption = count_option(1, "--seeds", low=1, high=100, help="Seeds 0..N-1 per row.")
 NoiseOption = typer.Option(
     DEFAULT_SIGMA,
     "--noise",
@@ -172,6 +187,28 @@ def make_table(*columns: str, title: str | None = None) -> Table:
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
+
+
+def usable_device(name: str) -> str:
+    """``--device NAME`` when this machine has that torch device (``cpu``, ``cuda``, ``cuda:N``);
+    otherwise one line saying which devices it has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: not a device atssrepro runs on; use cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        has = (
+            f"{count} CUDA device(s), cuda:0 to cuda:{count - 1}; use one of those or cpu"
+            if count
+            else "no CUDA device; use cpu"
+        )
+        raise UserError(f"--device {name}: this machine has {has}")
+    return name
 
 
 def check_torch_pair() -> None:

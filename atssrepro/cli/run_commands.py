@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from atssrepro.cli.common import (
     app,
     check_torch_pair,
     console,
+    count_option,
     data_app,
     import_app,
     print_metrics,
+    usable_device,
 )
 from atssrepro.errors import UserError
 
@@ -186,7 +189,7 @@ def data_synth(
 def data_subset(
     coco: Path = typer.Option(..., metavar="DIR", help="Root of a full COCO (annotations/, train2017/, val2017/)."),
     split: str = typer.Option("val2017", metavar="NAME", help="train2017 or val2017."),
-    images: int = typer.Option(..., metavar="N", help="How many images to take."),
+    images: int = count_option(..., "--images", low=1, high=1_000_000, help="How many images to take."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the subset."),
     seed: int = typer.Option(0, metavar="N", help="Random seed for the choice of images."),
 ) -> None:
@@ -200,17 +203,34 @@ def data_subset(
 @analyze_app.command("assignment")
 def analyze_assignment(
     ann: Path = typer.Option(
-        ..., metavar="FILE", help="A COCO annotation file; image sizes come from it, no image is read."
+        ..., metavar="FILE", help="A COCO annotation file; without --checkpoint no image is read (sizes come from it)."
     ),
-    strategy: list[str] = typer.Option(
-        ["atss", "iou", "ssc", "center_sampling"],
+    strategy: list[str] | None = typer.Option(
+        None,
         "--strategy",
         metavar="NAME",
-        help="Assignment strategy (repeatable).",
+        help="Assignment strategy (repeatable). Default: atss, iou, ssc, center_sampling; with --checkpoint "
+        "all nine (tal, simota, ota, dsl and paa need it).",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        metavar="RUN_OR_FILE",
+        help="A trained run folder or checkpoint file: its model predicts on the images (read from --images) "
+        "and every strategy assigns from those same predictions; the model and assign settings are its own.",
+    ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        metavar="DIR",
+        help="With --checkpoint: the images of --ann (default: ROOT/val2017 for ROOT/annotations/"
+        "instances_val2017.json).",
     ),
     config: str | None = ConfigOption,
     set_: list[str] = SetOption,
-    max_images: int | None = typer.Option(None, metavar="N", help="Analyse only the first N images with a box."),
+    max_images: int | None = count_option(
+        None, "--max-images", low=1, high=1_000_000, help="Analyse only the first N images with a box."
+    ),
     out: Path = typer.Option(
         Path("results/analysis"), "--out", "-o", metavar="DIR", help="Folder for the CSVs and the plot."
     ),
@@ -220,27 +240,83 @@ def analyze_assignment(
 
     Resizes every image as training does (model anchors and the assignment settings come from the
     config), runs each strategy, prints a markdown summary and writes `summary.csv`, `per_gt.csv`
-    and `positives.png` to --out.
+    and `positives.png` to --out. With --checkpoint the model, its anchors and assign settings come from
+    the checkpoint (--set still applies on top), the images are read and every strategy, static or
+    prediction-aware, assigns on the same model state and images.
     """
     check_torch_pair()
     from atssrepro import config as cfg
     from atssrepro.analysis.assignment import (
+        STATIC_STRATEGIES,
+        STRATEGIES,
         assignment_statistics,
+        checkpoint_assignment_statistics,
         plot_positives,
         positives_reference,
         render_summary,
         summarize,
     )
+    from atssrepro.engine.progress import progress
     from atssrepro.fileio import write_text
 
-    resolved = cfg.build_config(config, cfg.PAPER, set_)
-    d = resolved.data
-    stats = assignment_statistics(
-        ann, strategy, resolved.model, d.train_short_side[1], d.max_size, d.size_divisible, max_images, device=device
-    )
+    with contextlib.ExitStack() as bars:
+        shown = []  # the progress bar, opened once the number of images is known
+
+        def report(done: int, total: int) -> None:
+            if not shown:
+                shown.append(bars.enter_context(progress(console, "assigning images", total, max(1, total // 20))))
+            shown[0](done)
+
+        if checkpoint is None:
+            if images is not None:
+                raise UserError("--images is read with --checkpoint only: without a model no image is read")
+            resolved = cfg.build_config(config, cfg.PAPER, set_)
+            d = resolved.data
+            stats = assignment_statistics(
+                ann, strategy or STATIC_STRATEGIES, resolved.model, d.train_short_side[1], d.max_size,
+                d.size_divisible, max_images, device=usable_device(device), report=report,
+            )  # fmt: skip
+        else:
+            if config is not None:
+                raise UserError("--config is not read with --checkpoint: the model and its config are the checkpoint's")
+            model, resolved = _analysed_model(checkpoint, set_, usable_device(device))
+            d = resolved.data
+            stats = checkpoint_assignment_statistics(
+                model, ann, images or _images_of(ann), strategy or STRATEGIES, d.train_short_side[1], d.max_size,
+                d.size_divisible, max_images, report=report,
+            )  # fmt: skip
     summary = summarize(stats, resolved.model)
     write_text(out / "per_gt.csv", stats.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv(index=False))
     plot_positives(stats, out / "positives.png", positives_reference(resolved.model))
     print(render_summary(summary), end="")
     console.print(f"wrote {out / 'summary.csv'}, {out / 'per_gt.csv'} and {out / 'positives.png'}")
+
+
+def _analysed_model(target: Path, set_: list[str], device: str) -> tuple:
+    """The model of a run folder's or a checkpoint file's checkpoint and its config, with ``--set`` (of
+    ``model.assign.*`` and ``data.*`` only: the trained network stays as it is) applied to both."""
+    import torch
+
+    from atssrepro import config as cfg
+    from atssrepro.config.layers import apply, parse_override
+    from atssrepro.engine.run import model_from_checkpoint
+    from atssrepro.engine.run_dir import RunDir
+
+    path = RunDir(target).checkpoint_path if target.is_dir() else target
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass a trained run folder or a checkpoint file")
+    fixed = [a for a in set_ if not a.strip().startswith(("model.assign.", "data."))]
+    if fixed:
+        raise UserError(f"--set {fixed[0]}: with --checkpoint only model.assign.* and data.* can be set")
+    model, config = model_from_checkpoint(path, torch.device(device))
+    for assignment in set_:
+        config = apply(config, parse_override(assignment), f"--set {assignment}")
+    cfg.check_consistency(config)
+    model.config = dataclasses.replace(model.config, assign=config.model.assign)
+    return model, config
+
+
+def _images_of(ann: Path) -> Path:
+    """ROOT/val2017 for ROOT/annotations/instances_val2017.json."""
+    return ann.parent.parent / ann.stem.removeprefix("instances_")

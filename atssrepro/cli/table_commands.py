@@ -27,6 +27,7 @@ from atssrepro.cli.common import (
     app,
     check_torch_pair,
     console,
+    count_option,
     make_table,
     stdout,
 )
@@ -80,8 +81,8 @@ def run(
         metavar="IDS",
         help="local: GPU ids, e.g. 0,1,2,3 (default: every visible GPU, else the CPU; cpu0,cpu1: two CPU slots).",
     ),
-    gpus_per_run: int = typer.Option(
-        1, metavar="N", help="local: GPUs per run; with more than one a run trains with DDP."
+    gpus_per_run: int = count_option(
+        1, "--gpus-per-run", low=1, high=64, help="local: GPUs per run; with more than one a run trains with DDP."
     ),
     profile: str | None = typer.Option(
         None, metavar="NAME|FILE", help="slurm: a profile of slurm/ (local, example_cluster, yours) or a TOML file."
@@ -115,16 +116,22 @@ def run(
     run is recorded and the others go on; the exit code is 1 when any run did not finish.
     """
     from atssrepro import config as cfg
+    from atssrepro.harness.gpus import parse_gpus
     from atssrepro.harness.plan import plan
-    from atssrepro.harness.store import Store
+    from atssrepro.harness.store import Store, check_inputs
 
     specs, chosen = load_specs(tables), cfg.preset_named(preset)
     sigma = check_noise(DEFAULT_SIGMA if noise is None else noise, "--noise")
     runs = plan(specs, chosen, rows, seeds, data, zoo_dir)
     if dry_run:
+        from atssrepro.engine.preflight import data_problem
+        from atssrepro.errors import warn
         from atssrepro.harness.claim_plan import claims_plan
         from atssrepro.harness.throughput import local_device
 
+        problem = next(filter(None, (data_problem(run.config.data, run.splits) for run in runs)), None)
+        if problem:
+            warn(f"{problem} (without --dry-run, run stops here)")
         device = gpu_type or local_device()
         one_seed = runs if seeds == 1 and not rows else plan(specs, chosen, (), 1, data, zoo_dir)
         claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds)
@@ -136,15 +143,28 @@ def run(
         raise UserError("--noise is an option of --dry-run (and report): the noise the claims' seeds are planned at")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
-    check_torch_pair()
+    # The options first, then the inputs, before torch is imported: a wrong --data is one line at once.
+    if executor is ExecutorName.local:
+        if profile is not None or wait:
+            raise UserError("--profile and --wait are options of --executor slurm")
+        if gpus is not None:
+            parse_gpus(gpus)
+    else:
+        if gpus is not None or gpus_per_run != 1:
+            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
+        if profile is None:
+            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
+        from atssrepro.harness.slurm_profile import load_profile
+
+        slurm_profile = load_profile(profile)
     store = Store(results)
     if not force:
         store.refuse_corrupt([r.run_id for r in runs])
+    check_inputs(runs, store, force)
+    check_torch_pair()
     if executor is ExecutorName.local:
         from atssrepro.harness.executors import QueueExecutor, local_devices
 
-        if profile is not None or wait:
-            raise UserError("--profile and --wait are options of --executor slurm")
         queue = QueueExecutor(console, local_devices(gpus), gpus_per_run)
         try:
             outcomes = queue.execute(runs, store, force)
@@ -153,13 +173,8 @@ def run(
             raise typer.Exit(130) from None
     else:
         from atssrepro.harness.slurm import SlurmExecutor
-        from atssrepro.harness.slurm_profile import load_profile
 
-        if gpus is not None or gpus_per_run != 1:
-            raise UserError("--gpus and --gpus-per-run are options of --executor local; on Slurm the profile sets them")
-        if profile is None:
-            raise UserError("--executor slurm needs --profile NAME (a file of slurm/) or --profile FILE.toml")
-        slurm = SlurmExecutor(console, load_profile(profile))
+        slurm = SlurmExecutor(console, slurm_profile)
         outcomes = slurm.execute(runs, store, force)
         if not wait:
             counts = Counter(o.state for o in outcomes)
@@ -267,12 +282,14 @@ def hint_other_settings(store: Store, run_ids: list[str]) -> None:
 
 @app.command("list")
 def list_tables(
+    tables: list[str] | None = TablesArgument,
     results: Path = ResultsOption,
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
-    """The tables (the paper's, then zoo: the official models), their rows and how many of their runs are done."""
+    """The tables (by default every spec: the paper's, then zoo (the official models) and assigners), their rows
+    and how many of their runs are done."""
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
     from atssrepro.harness.specs import available_specs
@@ -282,7 +299,7 @@ def list_tables(
     chosen = cfg.preset_named(preset)
     table = make_table("table", "caption", "rows", "runs", f"done ({chosen})")
     planned = []
-    for spec in load_specs(available_specs()):
+    for spec in load_specs(tables or available_specs()):
         if chosen.overrides and any(row.evaluation_only for row in spec.rows):
             # zoo evaluates the official checkpoints as they are: under --preset paper only.
             table.add_row(spec.name, spec.caption, str(len(spec.rows)), "-", f"- (--preset {cfg.PAPER.name} only)")
@@ -297,7 +314,7 @@ def list_tables(
 
 @app.command()
 def show(
-    table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8 or zoo."),
+    table_name: str = typer.Argument(..., metavar="TABLE", help="A table name: table1..table8, zoo or assigners."),
     preset: str = PresetOption,
     seeds: int = SeedsOption,
     data: str | None = DataOption,
@@ -316,12 +333,22 @@ def show(
         run_ids = [] if row.reference_only else [
             row_run_id(row, resolve_row(spec, row, chosen, seed, data)) for seed in row_seeds(row, seeds)
         ]  # fmt: skip
-        published = [f"{row.published[m]:.1f}" if m in row.published else "-" for m in spec.metrics]
+        published = [f"{row.published[m]:.1f}" if m in row.published else _context(row, m) for m in spec.metrics]
         lines = assignments(row.config) + (["+ tta"] if row.tta else [])
         config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
         config = "(reference)" if row.reference_only else config or "(base)"
         table.add_row(row.id, row.label, config, "\n".join(run_ids), *published)
     stdout.print(table)
+    contexts = [f"{row.id}: {row.context_source}" for row in spec.rows if row.context]
+    if contexts:
+        sources = "; ".join(f"{key} = {text}" for key, text in spec.sources.items())
+        text = f"(n): context, reported for another recipe, never judged. {'; '.join(contexts)}. Sources: {sources}"
+        stdout.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _context(row, metric: str) -> str:
+    """A row's context number for ``metric`` in parentheses (``show``), or "-"."""
+    return f"({row.context[metric]:.1f})" if metric in row.context else "-"
 
 
 @app.command()

@@ -27,16 +27,22 @@ from atssrepro.config.presets import (
     preset_named,
 )
 from atssrepro.config.sections import (
+    PREDICTION_AWARE,
     AnchorConfig,
     AssignConfig,
     BackboneConfig,
     Config,
     DataConfig,
+    DslConfig,
     EvalConfig,
     HeadConfig,
     InferenceConfig,
     LossConfig,
     ModelConfig,
+    OtaConfig,
+    PaaConfig,
+    SimOtaConfig,
+    TalConfig,
     TrainConfig,
     batch_split_problem,
     check_consistency,
@@ -53,4 +59,5 @@ __all__ = [
     "build_config", "builtin_configs", "check_consistency", "config_fields", "config_file", "config_id",
     "data_path", "from_dict", "is_comparable", "load_toml", "load_toml_text", "parse_override", "preset_file",
     "preset_named", "resolve_config_source", "rule_of", "to_dict", "to_toml", "with_data_root",
+    "PREDICTION_AWARE", "DslConfig", "OtaConfig", "PaaConfig", "SimOtaConfig", "TalConfig",
 ]  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ def build_config(
         base: ``--config``: a built-in config's name or a TOML file's path; or a table's ``[base]``.
         preset: a :class:`Preset` or a built-in preset's name.
         overrides: ``--set KEY=VALUE`` assignments, applied in order.
-        data_root: ``--data``: ``data.root`` as given.
+        data_root: ``--data``: ``data.root`` (made absolute, as every data root: :func:`with_data_root`).
         row: the layers of a table row (its ``config``, then what the planner adds to it).
         seed: ``train.seed`` of one of a row's runs.
     """
@@ -118,11 +119,21 @@ def build_config(
 
 
 def with_data_root(config: Config, data_root: str | None) -> Config:
-    """The last layer, ``--data``: ``data.root`` as given (None keeps the config's). ``eval`` of a
-    stored run applies it on its own too."""
-    if data_root is None:
-        return config
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, root=data_root))
+    """The last layer, the data root: ``--data``, or (None) the root the config holds already (a
+    config file's ``data.root``, or the default ``data/coco``), made absolute here, once.
+
+    A relative root is relative to the current directory (``~`` is expanded); the path is normalised
+    without resolving symlinks (``../data/coco/``, ``./data/coco`` and ``$PWD/data/coco`` are one
+    root, one run id), so a run's config, and its id, say which folder it means wherever it is read.
+    An absolute root without ``.``, ``..``, ``//`` or a trailing slash is kept as it is, and so is its
+    run id. A stored run's config is read as it was written, never resolved again (``from_dict``).
+    ``eval`` of a stored run applies this step alone.
+    """
+    root = config.data.root if data_root is None else data_root
+    if not root.strip():
+        raise UserError(f"--data {root!r}: give the dataset root, the folder holding annotations/ and the images")
+    absolute = os.path.normpath(os.path.abspath(os.path.expanduser(root)))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, root=absolute))
 
 
 def from_dict(data: dict[str, Any], source: str) -> Config:

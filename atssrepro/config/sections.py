@@ -16,15 +16,24 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from atssrepro import schema
-from atssrepro.config.ids import IdOmitted
+from atssrepro.config.ids import IdOmitted, IdOmittedAtDefault
 from atssrepro.errors import UserError
-from atssrepro.schema import ANY, NONEMPTY, Rule, at_least, between, nonempty, positive
+from atssrepro.schema import ANY, NONEMPTY, Rule, between, nonempty, positive
 
 PROBABILITY = between(0, 1)
 IMAGE_SIDE = between(32, 8192)
 """Pixels: below 32 px the stride-128 level P7 has nothing to see; above 8192 no GPU holds the image."""
 SIDE_RANGE = dataclasses.replace(IMAGE_SIDE, length=2, increasing=True)
 SCALE_RANGES = Rule(lambda v: v >= 0, ">= 0", allow_inf=True, length=6, increasing=True)
+# Upper bounds of the counts: far beyond any setting of the paper or the official configs, so that a
+# typo (extra zeros) is refused as it is read instead of running out of memory or for years.
+CHANNELS = between(1, 4096)
+"""Feature channels: the paper's heads and FPN have 256."""
+ITERATIONS_MAX = 2_000_000
+ITERATIONS = between(1, ITERATIONS_MAX)
+"""Training iterations (and iteration counts within a run): the longest schedule of the paper is 180k."""
+BATCH = between(1, 4096)
+"""Images in a batch: the paper trains with 16."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,9 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    channels: Annotated[int, at_least(1)] = 256
-    convs: Annotated[int, at_least(1)] = 4
-    """Conv -> GroupNorm(32) -> ReLU layers in each tower."""
+    channels: Annotated[int, CHANNELS] = 256
+    convs: Annotated[int, between(1, 16)] = 4
+    """Conv -> GroupNorm(32) -> ReLU layers in each tower (1-16)."""
     group_norm: bool = True
     """GroupNorm in the towers (Table 1 "GroupNorm")."""
     centerness: bool = True
@@ -80,17 +89,101 @@ class AnchorConfig:
     aspect_ratios: Annotated[tuple[float, ...], nonempty(positive())] = (1.0,)
     """Height / width of each anchor at a location (maskrcnn-benchmark convention), each > 0; shapes
     are rounded as the official generator rounds them (``model/anchors.py::cell_anchors``)."""
-    scales_per_octave: Annotated[int, at_least(1)] = 1
-    """Octave scales 2^(i/n), i < n, multiplied on ``scale``."""
+    scales_per_octave: Annotated[int, between(1, 16)] = 1
+    """Octave scales 2^(i/n), i < n, multiplied on ``scale`` (1-16; RetinaNet's #A=9 has 3)."""
+
+
+@dataclass(frozen=True)
+class TalConfig:
+    """TAL (TOOD): each GT's ``topk`` priors of largest s^alpha x u^beta, s the predicted probability of its
+    class, u the IoU of the predicted box (``model/assigners/tal.py``)."""
+
+    topk: Annotated[int, between(1, 1000)] = 13
+    """Candidates per GT over all levels together (13, mmdetection's TOOD config)."""
+    alpha: Annotated[float, between(0, 100)] = 1.0
+    """Exponent of the class score (1)."""
+    beta: Annotated[float, between(0, 100)] = 6.0
+    """Exponent of the IoU (6)."""
+    warmup_iters: Annotated[int, between(0, ITERATIONS_MAX)] = 0
+    """TOOD's recipe: assign with ATSS (``model.assign.topk``, 9 by default) for the first this many
+    iterations, then TAL; 0 is off (the controlled protocol). TOOD's ``initial_epoch = 4`` is 4 epochs of
+    COCO train2017 (117,266 images with a box) at batch 16: 29,316 iterations."""
+    soft_targets: bool = False
+    """TOOD's classification targets: a positive's target is its alignment metric normalised per GT (so
+    that the GT's largest equals the largest IoU of its positives), trained with the quality focal loss
+    (beta 2) in place of the focal loss; off is the controlled protocol (hard targets, focal loss)."""
+
+
+@dataclass(frozen=True)
+class SimOtaConfig:
+    """SimOTA (YOLOX), as mmdetection's ``SimOTAAssigner`` (``model/assigners/simota.py``)."""
+
+    center_radius: Annotated[float, positive()] = 2.5
+    """Half-side of the square around each GT centre, in strides, that also makes candidates (2.5)."""
+    candidate_topk: Annotated[int, between(1, 1000)] = 10
+    """IoUs summed for each GT's dynamic k (10)."""
+    iou_weight: Annotated[float, between(0, 100)] = 3.0
+    """Weight of the -log IoU cost (3)."""
+    cls_weight: Annotated[float, between(0, 100)] = 1.0
+    """Weight of the classification (BCE) cost (1)."""
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    """OTA, as its own code (``model/assigners/ota.py``): Sinkhorn optimal transport between GTs and priors."""
+
+    top_candidates: Annotated[int, between(1, 1000)] = 20
+    """IoUs summed for each GT's supply k (20)."""
+    reg_weight: Annotated[float, between(0, 100)] = 1.5
+    """Weight of the -log IoU cost (1.5)."""
+    sinkhorn_eps: Annotated[float, positive()] = 0.1
+    """Entropic regularisation of the transport (0.1)."""
+    sinkhorn_iterations: Annotated[int, between(1, 10_000)] = 50
+    """Sinkhorn iterations (50)."""
+    center_radius: Annotated[float, positive()] = 2.5
+    """Half-side of the centre square (clipped to the GT box) that candidates lie in, in strides (2.5)."""
+
+
+@dataclass(frozen=True)
+class DslConfig:
+    """DSL (RTMDet), as mmdetection's ``DynamicSoftLabelAssigner`` (``model/assigners/dsl.py``)."""
+
+    topk: Annotated[int, between(1, 1000)] = 13
+    """IoUs summed for each GT's dynamic k (13)."""
+    iou_weight: Annotated[float, between(0, 100)] = 3.0
+    """Weight of the -log IoU cost (3)."""
+    soft_center_radius: Annotated[float, positive()] = 3.0
+    """The soft centre prior 10^(distance / stride - this) (3)."""
+
+
+@dataclass(frozen=True)
+class PaaConfig:
+    """PAA, as mmdetection's ``PAAHead`` (``model/assigners/paa.py``); its anchor score's focal loss is
+    ``model.loss``'s (0.25, 2), its GIoU weight 1.3 (docs/semantics.md)."""
+
+    pos_iou: Annotated[float, PROBABILITY] = 0.1
+    """First pass: a prior whose best IoU is >= this is a candidate (0.1)."""
+    neg_iou: Annotated[float, PROBABILITY] = 0.1
+    """First pass: a prior whose best IoU is < this is negative; in between, ignored (0.1)."""
+    topk: Annotated[int, between(1, 1000)] = 9
+    """Candidates per GT and level, the lowest anchor scores (9)."""
+
+
+PREDICTION_AWARE = ("tal", "simota", "ota", "dsl", "paa")
+"""The strategies that read the network's predictions; each has a section of its own in ``model.assign``."""
 
 
 @dataclass(frozen=True)
 class AssignConfig:
-    strategy: Literal["atss", "iou", "ssc", "center_sampling"] = "atss"
+    strategy: Literal["atss", "iou", "ssc", "center_sampling", "tal", "simota", "ota", "dsl", "paa"] = "atss"
     """How positives are chosen: ATSS; RetinaNet's IoU thresholds; FCOS's spatial and scale
-    constraint; or FCOS's constraint restricted to a radius around the GT centre (Table 3 "lite")."""
-    topk: Annotated[int, at_least(1)] = 9
-    """atss: candidates per pyramid level, multiplied by the anchors per location (k in Table 4)."""
+    constraint; or FCOS's constraint restricted to a radius around the GT centre (Table 3 "lite").
+    The prediction-aware assigners that followed ATSS (docs/assignment.md) read the detached predictions
+    every iteration: ``tal`` (TOOD), ``simota`` (YOLOX), ``ota``, ``dsl`` (RTMDet), ``paa``; each takes
+    its settings from its own section (``model.assign.tal.topk``, ...)."""
+    topk: Annotated[int, between(1, 1000)] = 9
+    """atss: candidates per pyramid level, multiplied by the anchors per location (k in Table 4, 3-19;
+    at most 1000: more than the anchors of a level at any image size the paper uses)."""
     positive_iou: Annotated[float, PROBABILITY] = 0.5
     """iou: an anchor with IoU >= this is positive."""
     negative_iou: Annotated[float, PROBABILITY] = 0.4
@@ -103,6 +196,11 @@ class AssignConfig:
     """ssc, center_sampling: level l takes objects whose max(l, t, r, b) lies in [r_l, r_l+1]."""
     center_radius: Annotated[float, positive()] = 1.5
     """center_sampling: candidates lie within this many strides of the GT centre."""
+    tal: Annotated[TalConfig, IdOmittedAtDefault] = field(default_factory=TalConfig)
+    simota: Annotated[SimOtaConfig, IdOmittedAtDefault] = field(default_factory=SimOtaConfig)
+    ota: Annotated[OtaConfig, IdOmittedAtDefault] = field(default_factory=OtaConfig)
+    dsl: Annotated[DslConfig, IdOmittedAtDefault] = field(default_factory=DslConfig)
+    paa: Annotated[PaaConfig, IdOmittedAtDefault] = field(default_factory=PaaConfig)
 
 
 @dataclass(frozen=True)
@@ -130,16 +228,17 @@ class LossConfig:
 class InferenceConfig:
     score_threshold: Annotated[float, PROBABILITY] = 0.05
     """Candidates need a classification probability above this (before centerness)."""
-    pre_nms_topk: Annotated[int, at_least(1)] = 1000
+    pre_nms_topk: Annotated[int, between(1, 100_000)] = 1000
     """Candidates kept per level and image, ranked by cls x centerness (cls alone without centerness)."""
     nms_iou: Annotated[float, PROBABILITY] = 0.6
-    detections_per_image: Annotated[int, at_least(1)] = 100
+    detections_per_image: Annotated[int, between(1, 10_000)] = 100
+    """COCO evaluation counts at most 100."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    fpn_channels: Annotated[int, at_least(1)] = 256
+    fpn_channels: Annotated[int, CHANNELS] = 256
     p6_from: Literal["p5", "c5"] = "p5"
     """P6 is a stride-2 conv on P5 (official ATSS, ``USE_C5: False``) or on C5 (RetinaNet, FCOS paper)."""
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -174,19 +273,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: Annotated[int, at_least(1)] = 16
+    batch_size: Annotated[int, BATCH] = 16
     """Global batch over all processes."""
-    pad_group: Annotated[int, at_least(1)] = 2
+    pad_group: Annotated[int, BATCH] = 2
     """Images padded to one canvas and run through the model together (>= 1): the official per-GPU
     batch, 16 images over 8 GPUs = 2. Each process splits its share of ``batch_size`` into groups of
     this many, so padding, the head's GroupNorm statistics and the per-group loss normalisers never
     depend on the number of processes; ``batch_size`` / processes must be a multiple of it."""
     base_lr: Annotated[float, positive()] = 0.01
     """Learning rate at batch 16; the run uses ``base_lr * batch_size / 16``."""
-    iterations: Annotated[int, at_least(1)] = 90_000
-    lr_steps: Annotated[tuple[int, ...], nonempty(Rule(lambda v: v >= 1, ">= 1", increasing=True))] = (60_000, 80_000)
+    iterations: Annotated[int, ITERATIONS] = 90_000
+    lr_steps: Annotated[tuple[int, ...], nonempty(dataclasses.replace(ITERATIONS, increasing=True))] = (60_000, 80_000)
     lr_gamma: Annotated[float, positive(1)] = 0.1
-    warmup_iters: Annotated[int, at_least(0)] = 500
+    warmup_iters: Annotated[int, between(0, ITERATIONS_MAX)] = 500
     warmup_factor: Annotated[float, positive(1)] = 1.0 / 3.0
     warmup_method: Literal["constant", "linear"] = "constant"
     momentum: Annotated[float, Rule(lambda v: 0 <= v < 1, "in [0, 1)")] = 0.9
@@ -198,14 +297,14 @@ class TrainConfig:
     ``tf32`` (TF32 tensor cores for convolutions and matmuls), ``bf16`` and ``fp16`` (autocast) are
     departures (docs/semantics.md). Ignored on the CPU, which always trains in fp32; evaluation and
     TTA always run in fp32, TF32 off."""
-    checkpoint_every: Annotated[int, at_least(1)] = 5000
-    log_every: Annotated[int, at_least(1)] = 20
+    checkpoint_every: Annotated[int, ITERATIONS] = 5000
+    log_every: Annotated[int, ITERATIONS] = 20
     seed: Annotated[int, between(0, 2**63 - 1)] = 0
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    batch_size: Annotated[int, at_least(1)] = 1
+    batch_size: Annotated[int, between(1, 1024)] = 1
     """Images per process at test time; padding changes AP by ~0.1, so it is fixed and recorded."""
     backend: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
     tta: bool = False
@@ -249,8 +348,30 @@ def check_consistency(config: Config) -> None:
             f"model.assign.negative_iou = {m.assign.negative_iou} must be <= "
             f"model.assign.positive_iou = {m.assign.positive_iou}"
         )
+    problems += _strategy_section_problems(m.assign)
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
+
+
+def _strategy_section_problems(assign: AssignConfig) -> list[str]:
+    """A prediction-aware strategy's section changed while another strategy is selected (it would be
+    silently ignored), and PAA's thresholds out of order."""
+    problems = []
+    for name in PREDICTION_AWARE:
+        section, default = getattr(assign, name), schema.fields(AssignConfig)[name].default
+        changed = [f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)]
+        if changed and assign.strategy != name:
+            settings = ", ".join(f"model.assign.{name}.{key} = {getattr(section, key)!r}" for key in changed)
+            problems.append(
+                f"{settings} is set but model.assign.strategy = {assign.strategy!r}; "
+                f"set model.assign.strategy = {name!r} or leave model.assign.{name} at its defaults"
+            )
+    if assign.paa.neg_iou > assign.paa.pos_iou:
+        problems.append(
+            f"model.assign.paa.neg_iou = {assign.paa.neg_iou} must be <= "
+            f"model.assign.paa.pos_iou = {assign.paa.pos_iou}"
+        )
+    return problems
 
 
 def batch_split_problem(train: TrainConfig, processes: int) -> tuple[str, str] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import re
 import time
 import traceback
@@ -21,6 +20,7 @@ from atssrepro.engine import checkpoint
 from atssrepro.engine.coco_eval import CocoMetrics
 from atssrepro.engine.curves import Curves
 from atssrepro.engine.evaluate import evaluate, predict, val_dataset
+from atssrepro.engine.preflight import check_data, folder_problem
 from atssrepro.engine.run_dir import RunDir
 from atssrepro.engine.run_state import RunState
 from atssrepro.engine.train import Diverged, train
@@ -36,22 +36,31 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
     """Train and evaluate ``config`` in ``run``; returns the metrics written to metrics.json.
 
     A finished run (metrics.json present) is not trained again. A run with a checkpoint resumes.
-    The run's state in run.json goes pending -> running -> done, or to diverged / failed /
-    interrupted with the reason; a diverged run is not evaluated. A run that starts from
-    pretrained weights finds (or downloads) them first and records them in run.json
-    (``pretrained``: the weights, the file's path and its sha256).
+    Before the run folder is written, what the run needs is checked (``engine/preflight.py``): a
+    folder it can write, both annotation files and image folders, and its pretrained weights, found
+    (or downloaded) first and recorded in run.json (``pretrained``: the weights, the file's path
+    and its sha256); a missing one is one line and leaves no folder behind. Both annotation files
+    are read before the first iteration (the validation split too, not only after training). The
+    run's state in run.json goes pending -> running -> done, or to diverged / failed / interrupted
+    with the reason; a diverged run is not evaluated.
     """
     device = distributed.init_from_env()
+    if run.metrics_path.exists():
+        if distributed.is_main():
+            run.init(config, preset)  # refuses a folder that holds another run
+        return read_metrics(run)
+    problem = folder_problem(run.path, writable=True)
+    if problem:
+        raise UserError(f"--out {run.path}: {problem}; pick another --out")
+    check_data(config.data)
     weights: dict = {}
     if distributed.is_main():
-        run.init(config, preset)
-        if not run.metrics_path.exists() and not run.checkpoint_path.exists():
+        if not run.checkpoint_path.exists():
             b = config.model.backbone
             # Before the other processes build the model: they find the file downloaded.
             weights = {"pretrained": pretrained.provenance(b.weights, b.name, b.style)}
+        run.init(config, preset)
     distributed.barrier()
-    if run.metrics_path.exists():
-        return read_metrics(run)
     with run.lock() if distributed.is_main() else contextlib.nullcontext():
         # A resumed run drops the reason its previous start stopped for.
         _record(
@@ -59,9 +68,10 @@ def execute(config: cfg.Config, run: RunDir, preset: str, console: Console) -> d
             threads=torch.get_num_threads(), message=None, traceback=None, checkpoint_iteration=None, **weights,
         )  # fmt: skip
         try:
+            validation = val_dataset(config)  # read now: a broken validation split stops the run before it trains
             with Curves(run.path) as curves:
                 model = train(config, run, device, console, curves)
-                metrics = evaluate_model(model, config, device, console, EvaluationFiles.of(run))
+                metrics = evaluate_model(model, config, device, console, EvaluationFiles.of(run), validation)
                 if metrics:
                     curves.metrics(metrics, config.train.iterations)
         except Diverged as e:
@@ -95,12 +105,14 @@ def evaluate_model(
     device: torch.device,
     console: Console,
     files: EvaluationFiles | None = None,
+    dataset: CocoDetection | None = None,
 ) -> dict:
-    """Detect on the validation split and score it; write the detections and metrics to ``files``.
+    """Detect on the validation split (``dataset``, read from ``config`` when None) and score it;
+    write the detections and metrics to ``files``.
 
     Returns the metrics on the main process and ``{}`` on the others.
     """
-    dataset = val_dataset(config)
+    dataset = val_dataset(config) if dataset is None else dataset
     detections = detect(model, dataset, config, device, console)
     if not distributed.is_main():
         return {}
@@ -113,10 +125,11 @@ def evaluate_model(
 
 
 def read_metrics(run: RunDir) -> dict:
+    """The run's metrics.json, checked (a corrupt record of the run is one line naming it)."""
     problem = run.corruption()
     if problem:
         raise UserError(problem)
-    return json.loads(run.metrics_path.read_text(encoding="utf-8"))
+    return run.metrics() or {}
 
 
 def detect(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from atssrepro import config as cfg
+from atssrepro.engine.run_records import (
+    CorruptRecord,
+    LogRecord,
+    MetricsRecord,
+    RunRecord,
+    log_windows,
+    read_log,
+    read_record,
+)
 from atssrepro.engine.run_state import RECORDED, RunState
 from atssrepro.errors import UserError
 from atssrepro.fileio import make_dirs, write_json, write_text
@@ -40,20 +48,37 @@ class RunDir:
 
     def init(self, config: cfg.Config, preset: str) -> None:
         """Create the folder for ``config``, or check that an existing one holds the same config.
-        ``preset`` is recorded in run.json: the name of the run's preset, or ``import``."""
+        ``preset`` is recorded in run.json: the name of the run's preset, or ``import``. A folder
+        whose run never started training (:meth:`never_trained`) is taken over by another config:
+        the corrected command after a failed start reuses it."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path}: exists and is not a folder")
         if self.config_path.exists():
             existing = self.read_config()
-            if cfg.config_id(existing) != cfg.config_id(config):
+            if cfg.config_id(existing) == cfg.config_id(config):
+                return
+            if not self.never_trained():
                 raise UserError(
                     f"{self.path} holds another run (config {cfg.config_id(existing)}, this one is "
                     f"{cfg.config_id(config)}); pick another --out or delete that folder"
                 )
-            return
+            self.state_path.unlink(missing_ok=True)  # the run taking the folder over starts its own record
         make_dirs(self.path)
         write_text(self.config_path, cfg.to_toml(config))
         self.set_state(RunState.PENDING, id=cfg.config_id(config), preset=preset)
+
+    def never_trained(self) -> bool:
+        """Whether the folder holds nothing but a run that never started training: its config and a
+        run.json saying pending or failed, without a Slurm job, a checkpoint, a log, metrics or a
+        process holding it."""
+        if any(path.exists() for path in (self.checkpoint_path, self.log_path, self.metrics_path)):
+            return False
+        try:
+            record = self.record()
+        except CorruptRecord:
+            return False
+        failed_at_start = record is not None and record.state in (RunState.PENDING, RunState.FAILED)
+        return failed_at_start and not record.slurm_job_id and not self.is_locked()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -88,25 +113,36 @@ class RunDir:
         return cfg.from_dict(cfg.load_toml(self.config_path), str(self.config_path))
 
     def info(self) -> dict[str, Any]:
-        """run.json ({} before the run starts); a corrupt one is a UserError naming it."""
-        if not self.state_path.is_file():
-            return {}
-        problem = self.corruption()
-        if problem:
-            raise UserError(problem)
-        return json.loads(self.state_path.read_text(encoding="utf-8"))
+        """run.json as a dict ({} before the run starts), every field checked (:class:`RunRecord`);
+        keys it does not declare are kept. A corrupt one is a :class:`CorruptRecord` naming it."""
+        read = read_record(RunRecord, self.state_path)
+        return {} if read is None else read[1]
+
+    def record(self) -> RunRecord | None:
+        """run.json, typed; None before the run starts. Raises CorruptRecord."""
+        read = read_record(RunRecord, self.state_path)
+        return None if read is None else read[0]
+
+    def metrics(self) -> dict[str, Any] | None:
+        """metrics.json (``metrics_tta.json``) as a dict, every field checked (:class:`MetricsRecord`);
+        None before the run is evaluated. Raises CorruptRecord."""
+        read = read_record(MetricsRecord, self.metrics_path)
+        return None if read is None else read[1]
+
+    def log(self) -> list[LogRecord]:
+        """The training windows of log.jsonl as the run stands (``run_records.read_log``). Raises CorruptRecord."""
+        return read_log(self.log_path)
 
     def corruption(self) -> str | None:
-        """What is wrong with the first unreadable or malformed record of the run (run.json,
-        metrics.json, log.jsonl), or None. A killed run may leave half a last line in log.jsonl: that is fine."""
-        fix = f"delete {self.path} or train it again from scratch with --force"
-        for path, problem in (
-            (self.state_path, _json_object_problem(self.state_path, "state", str, [s.value for s in RECORDED])),
-            (self.metrics_path, _json_object_problem(self.metrics_path, "stats", dict)),
-            (self.log_path, _log_problem(self.log_path)),
-        ):
-            if problem:
-                return f"{path} is corrupt ({problem}); {fix}"
+        """The one-line message naming the first unreadable or malformed record of the run (run.json,
+        metrics.json, log.jsonl) and its field, or None. A killed run may leave half a last line in
+        log.jsonl: that is fine."""
+        try:
+            self.info()
+            self.metrics()
+            self.log()
+        except CorruptRecord as e:
+            return str(e)
         return None
 
     def set_state(self, state: RunState, **fields: Any) -> None:
@@ -117,62 +153,15 @@ class RunDir:
         info.update(fields, state=RunState(state).value, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json(self.state_path, {key: value for key, value in info.items() if value is not None})
 
+    def resume_log(self, iteration: int) -> None:
+        """Drop from log.jsonl, atomically, the windows after ``iteration``, where a resumed start
+        takes over: an earlier start logged them after its last checkpoint and this one logs them
+        again, so the log (and what ``status`` shows) never runs ahead of the run. A half last
+        line of a killed start goes too; the lines kept are kept as written. Raises CorruptRecord."""
+        windows = log_windows(self.log_path)
+        if self.log_path.exists():
+            write_text(self.log_path, "".join(line + "\n" for record, line in windows if record.iter <= iteration))
+
     def append_log(self, record: dict[str, Any]) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def _text(path: Path) -> str | None:
-    """The file's UTF-8 text, None when it does not exist; ValueError for binary content."""
-    try:
-        return path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"binary content at byte {e.start}") from None
-    except OSError as e:
-        raise ValueError(e.strerror or type(e).__name__) from None
-
-
-def _json_object_problem(path: Path, key: str, kind: type, values: list | None = None) -> str | None:
-    """Why ``path`` is not a JSON object with ``key`` of type ``kind`` (and one of ``values``, when
-    given); None when fine or absent."""
-    try:
-        text = _text(path)
-        if text is None:
-            return None
-        data = json.loads(text)
-    except ValueError as e:  # JSONDecodeError is one
-        return str(e).splitlines()[0] if str(e) else "not JSON"
-    if not isinstance(data, dict) or not isinstance(data.get(key), kind):
-        return f"not a JSON object with {key!r}"
-    if values is not None and data[key] not in values:
-        return f"{key} {data[key]!r} is none of {', '.join(values)}"
-    return None
-
-
-def _log_problem(path: Path) -> str | None:
-    """Why log.jsonl is unreadable: binary, or a complete line that is not a JSON object."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return _log_problem_of_version(path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=1024)
-def _log_problem_of_version(path: Path, mtime_ns: int, size: int) -> str | None:
-    """``_log_problem`` of one version of the file: status and report ask several times per run."""
-    try:
-        text = _text(path)
-    except ValueError as e:
-        return str(e)
-    lines = (text or "").splitlines()
-    for number, line in enumerate(lines[:-1] if not (text or "").endswith("\n") else lines, start=1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return f"line {number} is not JSON"
-        if not isinstance(record, dict):
-            return f"line {number} is not a JSON object"
-    return None

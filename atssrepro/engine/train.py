@@ -147,15 +147,19 @@ class GroupedTraining(nn.Module):
     """The training forward of one process's share of a batch: the detector on each padding group,
     then the losses combined over the groups (``model/losses.py::combine_losses``).
 
-    One forward call for all groups, so DDP, which wraps this module, sees one backward per step.
+    One forward call for all groups, so DDP, which wraps this module, sees one backward per step. The
+    iteration (0-based, the one being computed) reaches the assigner, for TAL's warm-up: it comes from
+    the training state, which a checkpoint restores, so a resumed run assigns as the straight one.
     """
 
     def __init__(self, detector: OneStageDetector) -> None:
         super().__init__()
         self.detector = detector
 
-    def forward(self, groups: list[Batch]) -> dict[str, torch.Tensor]:
-        terms = [self.detector.loss_terms(g.images, g.image_sizes, g.boxes, g.labels, g.box_mask) for g in groups]
+    def forward(self, groups: list[Batch], iteration: int | None = None) -> dict[str, torch.Tensor]:
+        terms = [
+            self.detector.loss_terms(g.images, g.image_sizes, g.boxes, g.labels, g.box_mask, iteration) for g in groups
+        ]
         return combine_losses(terms, self.detector.config.loss)
 
 
@@ -206,6 +210,8 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         saved = checkpoint.load(run.checkpoint_path)
         checkpoint.restore(run.checkpoint_path, lambda: state.load_state_dict(saved))
         console.print(f"resuming {run.path} from iteration {state.iteration}")
+    if distributed.is_main():
+        run.resume_log(state.iteration)  # the windows an earlier start logged after its checkpoint go
     if state.iteration >= t.iterations:
         return model
     curves.start(state.iteration)
@@ -245,7 +251,7 @@ def train(config: cfg.Config, run: RunDir, device: torch.device, console: Consol
         while state.iteration < t.iterations:
             groups = next(batches)
             with training_precision(device, t.amp):
-                losses = ddp_model(groups)
+                losses = ddp_model(groups, state.iteration)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()

@@ -2,10 +2,12 @@
 
 :class:`QueueExecutor` runs each run in its own process (``python -m atssrepro.harness.worker``,
 through torchrun for DDP), which executes it with ``runner.execute_job``, its output appended to
-``<run>/train.log``. On Ctrl-C it passes the signal on to those processes (which checkpoint their
+``<run>/train.log``; the terminal shows where that log is and each run's latest iteration and loss
+(``harness/follow.py``). On Ctrl-C it passes the signal on to those processes (which checkpoint their
 last iteration), waits for them and raises KeyboardInterrupt. The preparation both executors share
 (:func:`prepare`, :func:`missing_checkpoint`, :func:`fetch_pretrained`, :func:`check_batch_split`)
-is here too; ``harness/slurm.py`` holds the other executor.
+is here too, but for ``store.check_inputs``, which ``run`` calls before it imports torch;
+``harness/slurm.py`` holds the other executor.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -32,10 +33,12 @@ from atssrepro import config as cfg
 from atssrepro.engine.run_dir import RunBusy
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
+from atssrepro.harness.follow import QueueView
+from atssrepro.harness.gpus import parse_gpus
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.runner import Job, Outcome
 from atssrepro.harness.status import outcome_line
-from atssrepro.harness.store import Store
+from atssrepro.harness.store import Store, check_inputs
 from atssrepro.model import pretrained
 
 
@@ -122,10 +125,7 @@ def local_devices(gpus: str | None) -> list[str]:
     """The devices of the local queue: the ``--gpus`` list ("0,1,3"; "cpu0,cpu1" makes CPU slots),
     else every GPU this process may use, else one CPU slot."""
     if gpus is not None:
-        devices = [device.strip() for device in gpus.split(",")]
-        if not all(re.fullmatch(r"\d+|cpu\d*|(GPU|MIG)-[\w-]+", device) for device in devices):
-            raise UserError(f"--gpus {gpus!r}: expected GPU ids separated by commas, e.g. --gpus 0,1,2,3")
-        return devices
+        return parse_gpus(gpus)
     import torch
 
     count = torch.cuda.device_count()
@@ -169,13 +169,22 @@ class Stopped(Exception):
 class Children:
     """The executor's running subprocesses, so that Ctrl-C reaches each of them. Thread-safe."""
 
+    WATCH_S = 1.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
         self.stopping = False
 
-    def call(self, command: list[str], log: IO[str], env: dict[str, str] | None = None) -> int:
-        """Run ``command`` to its end with its output in ``log``; its exit code.
+    def call(
+        self,
+        command: list[str],
+        log: IO[str],
+        env: dict[str, str] | None = None,
+        watch: Callable[[], None] | None = None,
+    ) -> int:
+        """Run ``command`` to its end with its output in ``log``; its exit code. ``watch`` is called
+        every :attr:`WATCH_S` seconds while it runs.
 
         Raises:
             Stopped: :meth:`interrupt` was called before it started.
@@ -186,7 +195,13 @@ class Children:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             self._running.add(process)
         # A KeyboardInterrupt here leaves the process in the set, for interrupt() to stop.
-        code = process.wait()
+        while True:
+            try:
+                code = process.wait(timeout=self.WATCH_S)
+                break
+            except subprocess.TimeoutExpired:
+                if watch is not None:
+                    watch()
         with self._lock:
             self._running.discard(process)
         return code
@@ -212,13 +227,14 @@ def run_one(
     store: Store,
     force: bool,
     children: Children,
-    console: Console,
+    view: QueueView,
     slot: Slot,
 ) -> Outcome:
     """Execute ``run`` on ``slot`` (train, or import and evaluate; then TTA if a row needs it);
-    report progress on ``console``. The slot is noted as ``devices`` in the run's run.json.
-    ``position`` prefixes the lines, e.g. "[3/8]".
+    report on ``view``'s console where its log is, and its progress. The slot is noted as
+    ``devices`` in the run's run.json. ``position`` prefixes the lines, e.g. "[3/8]".
     """
+    console = view.console
     rows = ", ".join(map(str, run.rows))
     if not prepare(run, store, force):
         console.print(f"{position} {run.run_id} ({rows}): done already")
@@ -232,12 +248,18 @@ def run_one(
     with contextlib.suppress(RunBusy), folder.lock():
         folder.set_state(folder.info()["state"], devices=str(slot))
     doing = "training" if run.checkpoint is None else f"importing {run.checkpoint.name} and evaluating"
-    console.print(f"{position} {run.run_id} ({rows}): {doing} on {slot}")
+    train_log = folder.path / "train.log"
+    line = f"{position} {run.run_id} ({rows}): {doing} on {slot}; its log: {train_log}"
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+    follower = view.follow(f"{position} {run.run_id}", folder.log_path, run.config.train.iterations)
     with tempfile.TemporaryDirectory(prefix="atssrepro-") as scratch:
         outcome_file = Path(scratch) / "outcome.json"
         command = worker_command(job_of(run, store), outcome_file, slot.launcher())
-        with open(folder.path / "train.log", "a") as log:
-            code = children.call(command, log, slot.env())
+        try:
+            with open(train_log, "a") as log:
+                code = children.call(command, log, slot.env(), follower.poll)
+        finally:
+            follower.close()
         outcome = Outcome(run.run_id, RunState.DONE) if code == 0 else _failure(run, store, code, outcome_file)
     console.print(f"{position} {run.run_id}: {outcome_line(run, store, outcome.state, outcome.message)}")
     return outcome
@@ -274,12 +296,15 @@ class QueueExecutor:
 
     def execute(self, runs: Sequence[PlannedRun], store: Store, force: bool = False) -> list[Outcome]:
         check_batch_split(runs, len(self.slots[0].devices), "--gpus-per-run")
+        check_inputs(runs, store, force)
         fetch_pretrained(runs, store, force)
         pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(runs)):
             pending.put(index)
         outcomes: dict[int, Outcome] = {}
         children = Children()
+
+        view = QueueView(self.console)
 
         def work(slot: Slot) -> None:
             """Train pending runs on ``slot`` until none is left or Ctrl-C stops the queue."""
@@ -290,7 +315,7 @@ class QueueExecutor:
                     return
                 run, position = runs[index], f"[{index + 1}/{len(runs)}]"
                 try:
-                    outcomes[index] = run_one(run, position, store, force, children, self.console, slot)
+                    outcomes[index] = run_one(run, position, store, force, children, view, slot)
                 except Stopped:
                     return
                 except Exception as e:  # a broken run folder fails its run, not the queue
@@ -298,14 +323,15 @@ class QueueExecutor:
 
         self.console.print(f"{len(self.slots)} slot(s): {' | '.join(map(str, self.slots))}")
         threads = [threading.Thread(target=work, args=(slot,), name=f"slot {slot}") for slot in self.slots]
-        for thread in threads:
-            thread.start()
-        try:
+        with view:
             for thread in threads:
-                thread.join()
-        except KeyboardInterrupt:
-            children.interrupt()
-            for thread in threads:
-                thread.join()
-            raise
+                thread.start()
+            try:
+                for thread in threads:
+                    thread.join()
+            except KeyboardInterrupt:
+                children.interrupt()
+                for thread in threads:
+                    thread.join()
+                raise
         return [outcomes[index] for index in range(len(runs))]

@@ -54,6 +54,11 @@ class PlannedRun:
     """Evaluation only: the official checkpoint to import and evaluate instead of training."""
 
     @property
+    def splits(self) -> tuple[str, ...]:
+        """The dataset splits the run reads when it starts: "train" and "val", or "val" to evaluate only."""
+        return ("val",) if self.checkpoint else ("train", "val")
+
+    @property
     def cost(self) -> int:
         """Training images seen: iterations x global batch (0 for an evaluation-only run)."""
         return 0 if self.checkpoint else self.config.train.iterations * self.config.train.batch_size

@@ -22,13 +22,19 @@ from rich.console import Console
 
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
-from atssrepro.harness.executors import check_batch_split, fetch_pretrained, job_of, missing_checkpoint, prepare
+from atssrepro.harness.executors import (
+    check_batch_split,
+    fetch_pretrained,
+    job_of,
+    missing_checkpoint,
+    prepare,
+)
 from atssrepro.harness.plan import PlannedRun
 from atssrepro.harness.runner import Outcome
 from atssrepro.harness.slurm_job import TrainJob
 from atssrepro.harness.slurm_profile import SlurmProfile
 from atssrepro.harness.slurm_queue import ENDED, live_jobs, slurm_command, slurm_states
-from atssrepro.harness.store import Store
+from atssrepro.harness.store import Store, check_inputs
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 """The checkout: ``atssrepro/`` and ``tables/`` are copied from here into each snapshot."""
@@ -52,6 +58,7 @@ class SlurmExecutor:
         with the job id (also in the run's run.json as ``slurm_job_id``), or "queued" for a run
         whose job is in the queue already."""
         check_batch_split(runs, self.profile.nodes * self.profile.tasks_per_node, "nodes x processes per node")
+        check_inputs(runs, store, force)
         fetch_pretrained(runs, store, force)
         outcomes: dict[str, Outcome] = {}
         job_ids = {run.run_id: store.info(run.run_id).get("slurm_job_id", "") for run in runs}
@@ -60,7 +67,9 @@ class SlurmExecutor:
         for run in runs:
             job_id = job_ids[run.run_id]
             if job_id in queued:
-                outcomes[run.run_id] = Outcome(run.run_id, RunState.QUEUED, f"job {job_id} ({queued[job_id].lower()})")
+                log = store.info(run.run_id).get("slurm_log")
+                message = f"job {job_id} ({queued[job_id].lower()}), its log: {log}"
+                outcomes[run.run_id] = Outcome(run.run_id, RunState.QUEUED, message)
             elif store.run(run.run_id).path.exists() and store.run(run.run_id).is_locked():
                 outcomes[run.run_id] = Outcome(run.run_id, RunState.BUSY, "being trained by another process")
             elif not prepare(run, store, force):
@@ -71,11 +80,13 @@ class SlurmExecutor:
                 pending.append(run)
         if pending:
             for run, job in zip(pending, self._submit(pending, store)):
-                outcomes[run.run_id] = Outcome(run.run_id, RunState.SUBMITTED, f"job {job.job_id}")
+                message = f"job {job.job_id}, its log: {job.paths.stderr}"
+                outcomes[run.run_id] = Outcome(run.run_id, RunState.SUBMITTED, message)
         for index, run in enumerate(runs, 1):
             outcome = outcomes[run.run_id]
             rows = ", ".join(map(str, run.rows))
-            self.console.print(f"[{index}/{len(runs)}] {run.run_id} ({rows}): {outcome.state}, {outcome.message}")
+            line = f"[{index}/{len(runs)}] {run.run_id} ({rows}): {outcome.state}, {outcome.message}"
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
         return [outcomes[run.run_id] for run in runs]
 
     def _submit(self, runs: Sequence[PlannedRun], store: Store) -> list[submitit.Job]:

@@ -53,6 +53,11 @@ class RowSpec:
     """Config fields on top of the table's base, as nested TOML (``model.assign.topk = 7``)."""
     published: Annotated[dict[str, float], PERCENT] = field(default_factory=dict)
     """The paper's numbers for this row, in percent; a metric the paper leaves blank is absent."""
+    context: Annotated[dict[str, float], PERCENT] = field(default_factory=dict)
+    """Numbers reported elsewhere for a related, different experiment (an assigner's own paper, with its own
+    head and recipe), in percent: shown beside the row, never judged. Needs ``context_source``."""
+    context_source: str = ""
+    """What the ``context`` numbers are and where they come from, citing a key of ``[sources]``."""
     tta: bool = False
     """Evaluate the trained run with multi-scale + flip testing (Table 8's 50.x rows): the run is
     the same as the row without it, so nothing is trained twice."""
@@ -172,6 +177,13 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
                     f"{place}: published {metric!r} is not among the metrics this table reports "
                     f"({', '.join(spec.metrics)})"
                 )
+        for metric in row.context:
+            if metric not in spec.metrics:
+                raise UserError(f"{place}: context {metric!r} is not among the metrics this table reports")
+        if bool(row.context) != bool(SOURCE_KEY.search(row.context_source)):
+            raise UserError(
+                f"{place}: context numbers need a context_source that cites a key of [sources], and only they do"
+            )
         if row.reference_only and (row.config or row.tta or row.checkpoint):
             raise UserError(f"{place}: a reference_only row has no config, tta or checkpoint: it is never run")
         if row.checkpoint and (Path(row.checkpoint).is_absolute() or ".." in Path(row.checkpoint).parts):
@@ -206,6 +218,7 @@ def _check_sources(spec: TableSpec, where: str) -> None:
     texts = {"status": spec.status, "note": spec.note, "sources": " ".join(spec.sources.values())}
     texts |= {f"row {row.id!r}: note": row.note for row in spec.rows}
     texts |= {f"claim {claim.id!r}: statement": claim.statement for claim in spec.claims}
+    texts |= {f"row {row.id!r}: context_source": row.context_source for row in spec.rows}
     for key in spec.sources:
         if not SOURCE_KEY.fullmatch(key):
             raise UserError(f"{where}: sources: key {key!r} must be S and a number (S1, S4, ...)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atssrepro import config as cfg
+from atssrepro.engine.run_records import LogRecord
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
 from atssrepro.harness.plan import PlannedRun
@@ -53,7 +54,7 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
             state=store.state(run.run_id),
             iteration=_iteration(info, log),
             iterations=run.config.train.iterations,
-            loss=log.get("loss"),
+            loss=log.loss if log else None,
             message=store.corruption(run.run_id) or info.get("message", ""),
         )
         if "slurm_job_id" in info:
@@ -66,8 +67,8 @@ def run_statuses(runs: Sequence[PlannedRun], store: Store) -> list[RunStatus]:
     return statuses
 
 
-def _iteration(info: dict, log: dict) -> int | None:
-    stopped_at, logged = info.get("checkpoint_iteration"), log.get("iter")
+def _iteration(info: dict, log: LogRecord | None) -> int | None:
+    stopped_at, logged = info.get("checkpoint_iteration"), log.iter if log else None
     for value in (stopped_at, logged):
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -46,7 +46,10 @@ def assign(
     gt_boxes: torch.Tensor,
     gt_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Run the assigner that ``config.strategy`` names; arguments and result as in :func:`atss`."""
+    """Run the static assigner that ``config.strategy`` names; arguments and result as in :func:`atss`.
+    A prediction-aware strategy (it reads the predictions) is refused: ``OneStageDetector.assignment`` runs it."""
+    if config.strategy not in ("atss", "iou", "ssc", "center_sampling"):
+        raise ValueError(f"{config.strategy!r} is not a static assignment strategy: it needs the predictions")
     if config.strategy == "atss":
         return atss(anchors, num_per_level, anchors_per_location, gt_boxes, gt_mask, config.topk)
     if config.strategy == "iou":
@@ -144,20 +147,21 @@ def atss(
     positive = candidate_ious >= threshold[..., None]
     positive &= centres_inside(box_centres(candidate_boxes), boxes)
     positive &= gt_mask[..., None]
+    return highest_iou_wins(candidates, candidate_ious, positive, num_anchors)
 
-    # Resolve anchors claimed by several GTs: per anchor, the highest IoU among its positive
-    # pairs wins; among equal IoUs, the lowest GT index. Over all (image, GT, candidate) triples,
-    # the others masked, so that no nonzero() makes the host wait for the GPU.
-    device = anchors.device
-    flat_anchor = (torch.arange(batch, device=device)[:, None, None] * num_anchors + candidates).flatten()
-    ious = candidate_ious.masked_fill(~positive, float("-inf")).flatten()
-    best = torch.full((batch * num_anchors,), float("-inf"), device=device)
-    best = best.scatter_reduce(0, flat_anchor, ious, "amax")
+
+def highest_iou_wins(candidates: torch.Tensor, ious: torch.Tensor, positive: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, n] int64: each anchor's GT among its positive pairs (candidates [B, G, K] anchor indices, ious and
+    positive [B, G, K]): the highest IoU, then the lowest GT index; else BACKGROUND. No nonzero(): no host wait."""
+    (batch, num_gt, _), device = candidates.shape, candidates.device
+    flat_anchor = (torch.arange(batch, device=device)[:, None, None] * n + candidates).flatten()
+    ious = ious.masked_fill(~positive, float("-inf")).flatten()
+    best = torch.full((batch * n,), float("-inf"), device=device).scatter_reduce(0, flat_anchor, ious, "amax")
     wins = positive.flatten() & (ious == best[flat_anchor])
     gt_of_pair = torch.arange(num_gt, device=device)[None, :, None].expand_as(candidates).flatten()
-    chosen = torch.full((batch * num_anchors,), num_gt, dtype=torch.long, device=device)
+    chosen = torch.full((batch * n,), num_gt, dtype=torch.long, device=device)
     chosen = chosen.scatter_reduce(0, flat_anchor, torch.where(wins, gt_of_pair, num_gt), "amin")
-    return torch.where(chosen < num_gt, chosen, BACKGROUND).view(batch, num_anchors)
+    return torch.where(chosen < num_gt, chosen, BACKGROUND).view(batch, n)
 
 
 def iou(

@@ -15,6 +15,8 @@ from atssrepro.model.assign import IGNORE
 from atssrepro.model.box_coder import BoxCoder
 
 GIOU_EPS = 1e-7
+QFL_BETA = 2.0
+"""The quality focal loss's exponent (GFL; TOOD's ``QualityFocalLoss(beta=2.0)``)."""
 
 
 def centerness_target(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -77,6 +79,22 @@ def ltrb_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
     return 1.0 - (iou - (enclosing - union) / enclosing)
 
 
+def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float = QFL_BETA) -> torch.Tensor:
+    """The quality focal loss (Li et al., GFL, 2020) of each logit against a soft target in [0, 1]:
+    BCE-with-logits(x, y) x |y - sigmoid(x)|^beta, elementwise. On a negative (y = 0) it is
+    mmdetection's ``quality_focal_loss`` term BCE(x, 0) x sigmoid(x)^beta; on a positive's own class,
+    BCE(x, y) x |y - sigmoid(x)|^beta. No alpha.
+
+    Args:
+        logits, targets: [..., C] float.
+
+    Returns:
+        [..., C] losses.
+    """
+    modulation = (targets - logits.sigmoid()).abs().pow(beta)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * modulation
+
+
 def loss_terms(
     cls_logits: torch.Tensor,
     box_regression: torch.Tensor,
@@ -88,8 +106,13 @@ def loss_terms(
     gt_labels: torch.Tensor,
     coder: BoxCoder,
     config: LossConfig,
+    quality: torch.Tensor | None = None,
 ) -> LossTerms:
     """The loss sums of one padding group: focal loss, regression loss and centerness BCE.
+
+    With ``quality`` (TAL's soft targets), the classification target of a positive's class is its
+    quality instead of 1, and the loss is the quality focal loss (:func:`quality_focal_loss`) instead of
+    the focal loss; everything else, the normalisers included, stays (docs/semantics.md).
 
     Regression: GIoU on decoded boxes (``giou``), smooth-L1 on encoded targets (``smooth_l1``), or
     FCOS's IoU losses on the stride-normalised (l, t, r, b) (``ltrb_iou``, ``ltrb_giou``, point
@@ -102,6 +125,7 @@ def loss_terms(
         matched: [B, N] from an assigner (GT index, BACKGROUND or IGNORE).
         gt_boxes: [B, G, 4] xyxy. gt_labels: [B, G] int64.
         coder: how ``box_regression`` encodes boxes.
+        quality: [B, N] soft targets in [0, 1] of the positives (any value elsewhere), or None.
     """
     # Every anchor is computed and the others weighted 0: selecting the positives (boolean
     # indexing, nonzero, any) would make the host wait for the GPU in every step.
@@ -114,7 +138,11 @@ def loss_terms(
 
     labels = torch.where(positive, gt_labels.gather(1, gt_index), num_classes)  # [B, N]; background = C
     cls_targets = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(cls_logits.dtype)
-    cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, config.focal_alpha, config.focal_gamma, reduction="none")
+    if quality is None:
+        cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, config.focal_alpha, config.focal_gamma, reduction="none")
+    else:
+        soft = torch.where(positive, quality.float(), 0.0)
+        cls_loss = quality_focal_loss(cls_logits, cls_targets * soft.unsqueeze(-1))
     cls_loss = cls_loss * (matched != IGNORE).unsqueeze(-1)
 
     matched_gt = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, 4))  # [B, N, 4]

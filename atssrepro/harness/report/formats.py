@@ -207,6 +207,8 @@ def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame, claims: list[
                     "state": first["state"],
                     "verdict": first["verdict"],
                     "metrics": metrics,
+                    # numbers of another recipe beside the row (tables/assigners.toml), never judged
+                    **({"context": row.context, "context_source": row.context_source} if row.context else {}),
                 }
             )
         tables.append(

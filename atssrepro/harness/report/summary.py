@@ -18,7 +18,8 @@ from atssrepro.engine.run_state import RunState
 from atssrepro.harness.specs import RowSpec, TableSpec
 
 REPRODUCED, MARGINAL = 0.3, 0.6  # |delta AP| thresholds in AP points (README, "Reproducing the paper's tables")
-VERDICTS = ("reproduced", "marginal", "off", "not comparable", "not run", "reference")
+VERDICTS = ("reproduced", "marginal", "off", "new measurement", "not comparable", "not run", "reference")
+"""``new measurement``: a run of a row without a published number (tables/assigners.toml), never judged."""
 SUMMARY_COLUMNS = (
     "table",
     "row",
@@ -55,7 +56,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         row_lines = [_metric_line(values, metric) for metric, values in runs.groupby("metric", sort=False)]
         by_metric = {line["metric"]: line for line in row_lines}
         judged = by_metric.get("AP") or by_metric.get(first_metric[table])
-        verdict = _verdict(state, comparable, judged["n"], judged["delta"]) if judged else "not run"
+        new = bool(runs["published"].isna().all())  # no published number at all: a new measurement
+        verdict = _verdict(state, comparable, judged["n"], judged["delta"], new) if judged else "not run"
         for line in row_lines:
             lines.append(
                 {
@@ -100,13 +102,15 @@ def _row_state(states: pd.Series) -> RunState:
     return sorted(unfinished)[0]
 
 
-def _verdict(state: RunState, comparable: bool, n: int, delta: float) -> str:
+def _verdict(state: RunState, comparable: bool, n: int, delta: float, new: bool = False) -> str:
     if state is RunState.REFERENCE:
         return "reference"
     if n == 0:
         return "not run"
-    if not comparable or math.isnan(delta):
+    if not comparable:
         return "not comparable"
+    if math.isnan(delta):
+        return "new measurement" if new else "not comparable"
     if abs(delta) <= REPRODUCED + _TOLERANCE:
         return "reproduced"
     if abs(delta) <= MARGINAL + _TOLERANCE:

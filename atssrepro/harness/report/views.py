@@ -15,7 +15,7 @@ import pandas as pd
 
 from atssrepro.engine.run_state import RunState
 from atssrepro.harness.report.summary import VERDICTS, unjudged_presets
-from atssrepro.harness.specs import TableSpec
+from atssrepro.harness.specs import SOURCE_KEY, RowSpec, TableSpec
 
 MISSING = "—"
 
@@ -55,16 +55,34 @@ def view(spec: TableSpec, summary: pd.DataFrame) -> TableView:
 
 
 def _rows_layout(spec: TableSpec, cells: Cells) -> tuple[list[str], Sections]:
-    """One line per row, the metrics as columns (Tables 3-8); a row's ``section`` starts a new section."""
-    header = [spec.row_header, *spec.info_columns, *spec.metrics, "Verdict"]
+    """One line per row, the metrics as columns (Tables 3-8); a row's ``section`` starts a new section. A
+    spec with context numbers (tables/assigners.toml) gets a last column for them."""
+    context = any(row.context for row in spec.rows)
+    header = [
+        spec.row_header,
+        *spec.info_columns,
+        *spec.metrics,
+        "Verdict",
+        *(["Context (not judged)"] if context else []),
+    ]
     sections: Sections = []
     for row in spec.rows:
         if row.section or not sections:
             sections.append((row.section, []))
         info = [row.info.get(column, "") for column in spec.info_columns]
         metrics = [_cell(cells[row.id, metric]) for metric in spec.metrics]
-        sections[-1][1].append([row.label, *info, *metrics, _verdict_text(cells[row.id, spec.metrics[0]])])
+        line = [row.label, *info, *metrics, _verdict_text(cells[row.id, spec.metrics[0]])]
+        sections[-1][1].append(line + ([_context_cell(row)] if context else []))
     return header, sections
+
+
+def _context_cell(row: RowSpec) -> str:
+    """The row's context AP (else its first context metric) and the source keys it cites: "AP 40.7 (S2)"."""
+    if not row.context:
+        return ""
+    metric = "AP" if "AP" in row.context else next(iter(row.context))
+    keys = ", ".join(dict.fromkeys(SOURCE_KEY.findall(row.context_source)))
+    return f"{metric} {_number(row.context[metric])} ({keys})"
 
 
 def _grid_layout(spec: TableSpec, cells: Cells) -> tuple[list[str], Sections]:
@@ -135,6 +153,13 @@ def _footer(spec: TableSpec, cells: Cells) -> list[str]:
             "indicative only (submit `atssrepro predict` results to the COCO server to compare on the same split)."
         )
     sources = "; ".join(f"{key} = {text}" for key, text in spec.sources.items())
+    new = [row.label for row in spec.runnable_rows if not row.published]
+    if new:
+        footer.append(
+            f"New measurements (no published number, never judged against one): {', '.join(new)}. Context: "
+            + "; ".join(f"{row.label} = {row.context_source}" for row in spec.rows if row.context)
+            + ": each method's own recipe, not these experiments."
+        )
     if spec.status:
         # The status cites the source keys ("CONFIRMED (2 sources: S1 + S2)"): say what they are, on its line.
         footer.append(f"Published numbers: {spec.status}" + (f"; sources: {sources}" if sources else ""))
