@@ -99,7 +99,7 @@ def test_the_report_names_new_measurements_and_labels_context_with_its_source():
 
 def test_plots_show_and_list_work_on_it(tmp_path):
     frame = _frame({"atss": {"AP": 39.2}, "tal": {"AP": 40.1}})
-    (path,) = report.plot_sweeps([SPEC], frame, tmp_path)
+    ((_, path),) = report.plot_sweeps([SPEC], frame, tmp_path)
     assert path.name == "assigners_sweep.png" and path.stat().st_size > 0
     shown = atssrepro("show", "assigners").stdout
     assert "(40.7)" in shown and "(n): context, reported for another recipe, never judged" in shown
