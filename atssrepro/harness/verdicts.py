@@ -65,6 +65,8 @@ def judge_claims(claims: Sequence[ClaimSpec], frame: pd.DataFrame, sigma: float 
     each run recorded in its run.json: a claim whose finished runs recorded several is not judged.
     """
     sigma = check_noise(sigma)
+    if not claims:  # a table without claims (zoo, assigners) is judged on any frame: nothing to judge
+        return pd.DataFrame(columns=list(VERDICT_COLUMNS))
     if frame.empty:  # no runs at all: every claim is not run
         frame = pd.DataFrame(columns=list(FRAME_COLUMNS))
     missing = set(FRAME_COLUMNS) - set(frame.columns)
