@@ -224,6 +224,8 @@ def test_dry_run_plans_each_claim_and_all_of_them_together():
     assert (
         "P(holds) with 1 seed" in text and "> 100" in atssrepro("run", "table4", "--dry-run", "--noise", "1.5").stdout
     )
+    some = atssrepro("run", "table4", "--rows", "k9", "--rows", "k3", "--dry-run", "--json").stdout.splitlines()
+    assert [line["claim"] for line in map(json.loads, some) if "claim" in line] == ["T4-small"]  # what k9, k3 decide
 
 
 def test_distinct_runs_train_a_shared_row_once_with_the_most_seeds():

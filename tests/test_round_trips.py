@@ -51,7 +51,7 @@ def test_show_list_and_status_find_the_runs_of_run_with_data(synth_coco, tmp_pat
     atssrepro("run", "table1", "--rows", "fcos", *options, "--results", results)
 
     planned = atssrepro("run", "table1", "--rows", "fcos", *options, "--dry-run", "--json").stdout
-    (fcos,) = [line["run_id"] for line in map(json.loads, planned.splitlines()) if "run_id" in line]  # then claims
+    (fcos,) = [json.loads(line)["run_id"] for line in planned.splitlines()]
     shown = atssrepro("show", "table1", *options).stdout
     assert re.search(rf"^\s+fcos\s.*\s{fcos}\s", shown, re.MULTILINE), shown
     assert "false" in shown and "False" not in shown

@@ -62,7 +62,10 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
     force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
     as_json: bool = typer.Option(
-        False, "--json", help="With --dry-run: one JSON object per run, then one per claim of the tables."
+        False,
+        "--json",
+        help="With --dry-run: one JSON object per run, then one per claim of the tables "
+        "(with --rows: the claims those rows decide).",
     ),
     gpu_type: str | None = typer.Option(
         None,
@@ -134,7 +137,7 @@ def run(
             warn(f"{problem} (without --dry-run, run stops here)")
         device = gpu_type or local_device()
         one_seed = runs if seeds == 1 and not rows else plan(specs, chosen, (), 1, data, zoo_dir)
-        claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds)
+        claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds, rows)
         print_plan(runs, Store(results), as_json, device, claims)
         return
     if gpu_type is not None:

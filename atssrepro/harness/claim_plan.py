@@ -179,12 +179,14 @@ def claims_plan(
     sigma: float = DEFAULT_SIGMA,
     device: str | None = None,
     planned: int = 1,
+    rows: Sequence[str] = (),
 ) -> ClaimsPlan:
     """Plan the claims of ``specs``; ``runs`` are the one-seed runs of all their rows (``plan(specs, preset)``),
     which give each row's run id and training images. ``device``: None for presets not comparable with the paper
-    (the throughputs are measured at its image size)."""
+    (the throughputs are measured at its image size). ``rows`` (``run --rows``): only the claims that those rows
+    decide, all of whose rows are among them."""
     by_row = {(ref.table, ref.row): run for run in runs for ref in run.rows}
-    claims = [claim for spec in specs for claim in spec.claims]
+    claims = [claim for spec in specs for claim in spec.claims if not rows or set(claim.row_ids) <= set(rows)]
     images = {key: run.cost for key, run in by_row.items()}
     costs = claim_costs(claims, images, sigma, device, planned=planned)
     run_ids = {key: run.run_id for key, run in by_row.items()}
