@@ -369,6 +369,73 @@ def file_cases(root: Path, world: dict[str, Path]) -> list[Case]:
     return cases  # fmt: skip
 
 
+CLAIM_SPEC = (
+    'title = "T"\ncaption = "c"\nmetrics = ["AP"]\n[sources]\nS1 = "the paper"\n'
+    + "".join(f'[[rows]]\nid = "{row}"\nlabel = "{row}"\n' for row in ("a", "b", "c"))
+    + '[[claims]]\nid = "T9-x"\n'
+)
+SAYS = 'statement = "b beats a (S1)"\n'
+GOOD_CLAIM = SAYS + 'kind = "gain"\nrows = ["a", "b"]\ndeltas = [1.0]\n'
+PRESET = 'name = "mine"\n[overrides]\ntrain.iterations = 100\ntrain.lr_steps = [50]\n'
+
+
+def claim_and_preset_cases(root: Path) -> list[Case]:
+    """Claims in a table spec, --noise, preset files: each error names the file (or option), the claim and the field."""
+    folder = root / "claims"
+    folder.mkdir()
+    claims = {
+        "claim 'T9-x': rows: spec0 has no runnable row": SAYS + 'kind = "gain"\nrows = ["a", "zz"]\ndeltas = [1]\n',
+        "claim 'T9-x': pairs: spec1 has no runnable row": SAYS + 'kind = "gain"\npairs = [["a", "zz"]]\ndeltas = [1]\n',
+        "claim 'T9-x': deltas = []: a gain claim needs": SAYS + 'kind = "gain"\nrows = ["a", "b"]\n',
+        "claim 'T9-x': band: a flat claim needs": SAYS + 'kind = "flat"\nrows = ["a", "b", "c"]\n',
+        "claim 'T9-x': deltas: 1.0 must be < 0": SAYS + 'kind = "drop"\nrows = ["a", "b"]\ndeltas = [1.0]\n',
+        "claim 'T9-x': metrics: 'AP50' is not reported": GOOD_CLAIM + 'metrics = ["AP50"]\n',
+        "claims[0]: margin = 0 is not valid": GOOD_CLAIM + "margin = 0\n",
+        "claims[0]: margin = -0.1 is not valid": GOOD_CLAIM + "margin = -0.1\n",
+        "claims[0]: margin = nan is not valid": GOOD_CLAIM + "margin = nan\n",
+        "claims[0]: margin = inf is not valid": GOOD_CLAIM + "margin = inf\n",
+        "claims[0]: kind = 'rise' is not valid": SAYS + 'kind = "rise"\nrows = ["a", "b"]\ndeltas = [1.0]\n',
+        "claims[0]: band = [2.0, 1.0] is not valid": SAYS + 'kind = "flat"\nrows = ["a", "b"]\nband = [2.0, 1.0]\n',
+        "claims[0]: deltas = ['big'] is not valid": SAYS + 'kind = "gain"\nrows = ["a", "b"]\ndeltas = ["big"]\n',
+        "claim 'T9-x': statement cites source S7": GOOD_CLAIM.replace("(S1)", "(S7)"),
+        "claim 'T9-x': duplicate claim id": GOOD_CLAIM + '[[claims]]\nid = "T9-x"\n' + GOOD_CLAIM,
+    }  # fmt: skip
+    store = ["--results", str(root / "results")]
+    cases = []
+    for i, (culprit, fields) in enumerate(claims.items()):
+        path = folder / f"spec{i}.toml"
+        path.write_text(CLAIM_SPEC + fields)
+        for command in (["run", str(path), "--dry-run", *store], ["report", str(path), "--claims", *store],
+                        ["show", str(path)]):  # fmt: skip
+            cases.append(Case(command, f"{path.name}: {culprit}"))
+    for value in ("0", "-1", "nan", "inf", "-inf"):
+        shown = repr(float(value))
+        cases.append(Case(["report", "table4", "--claims", "--results", str(root / "results"), "--noise", value],
+                          f"--noise = {shown}: the per-run noise level must be a finite number > 0"))  # fmt: skip
+        cases.append(Case(["run", "table4", "--dry-run", "--noise", value], f"--noise = {shown}"))
+    cases.append(Case(["run", "table4", "--noise", "0.2", *store], "--noise is an option of --dry-run"))
+    presets = {
+        "name = 'paper' is a built-in preset's": PRESET.replace('"mine"', '"paper"'),
+        "overrides: model.assign is what the tables' rows compare": PRESET + "model.assign.topk = 3\n",
+        "overrides: train.base_lr = nan is not valid": PRESET + "train.base_lr = nan\n",
+        "overrides: unknown config key 'train.iteratons'": PRESET.replace("iterations", "iteratons"),
+        "overrides: invalid config: train.lr_steps": PRESET.replace("[50]", "[500]"),
+        "overrides change nothing": 'name = "mine"\n[overrides]\ntrain.iterations = 90000\n',
+        "unknown field 'comparable'": "comparable = true\n" + PRESET,
+        "missing 'name'": PRESET.replace('name = "mine"', 'description = "d"'),
+        "not valid TOML": "name = ",
+    }
+    for i, (culprit, text) in enumerate(presets.items()):
+        path = folder / f"preset{i}.toml"
+        path.write_text(text)
+        for command in (["config"], ["show", "table4"], ["list"], ["status", "table4"], ["report", "--claims"],
+                        ["run", "table4", "--dry-run"], ["cancel", "table4"]):  # fmt: skip
+            cases.append(Case([*command, "--preset", str(path)], f"{path.name}: {culprit}"))
+    cases.append(Case(["train", "--preset", str(folder / "preset0.toml")], "preset0.toml: name = 'paper'"))
+    cases.append(Case(["report", "--preset", str(folder / "none.toml")], "none.toml: no such preset file"))
+    return cases
+
+
 def count_cases(root: Path, world: dict[str, Path]) -> list[Case]:
     """Counts out of their range, results stores that are files, devices this machine lacks."""
     cases = []
@@ -413,7 +480,14 @@ def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
         ["eval", "--detections", str(world["dets"]), "--ann", str(world["ann"]), "--json"],
         ["show", "table3"],
         ["run", "table3", "--dry-run", "--results", str(root / "results")],
+        ["report", "table4", "--claims", "--noise", "0.05", "--results", str(root / "results")],
+        ["run", "table4", "--dry-run", "--noise", "1e-3"],
     ]
+    spec, preset = root / "claim_spec.toml", root / "preset.toml"
+    spec.write_text(CLAIM_SPEC + GOOD_CLAIM + "margin = 0.1\n")
+    preset.write_text(PRESET)
+    cases += [["show", str(spec)], ["run", str(spec), "--dry-run", "--preset", str(preset)]]
+    cases += [["report", str(spec), "--claims", "--preset", str(preset), "--results", str(root / "results")]]
     empty = root / "empty_dets.json"
     empty.write_text("[]")
     cases.append(["eval", "--detections", str(empty), "--ann", str(world["ann"])])
@@ -423,6 +497,7 @@ def valid_cases(root: Path, world: dict[str, Path]) -> list[list[str]]:
 def test_fuzz_malformed_inputs_are_one_line_errors(tmp_path, capsys):
     world = build_world(tmp_path)
     cases = set_cases() + file_cases(tmp_path, world) + count_cases(tmp_path, world)
+    cases += claim_and_preset_cases(tmp_path)
     assert len(cases) >= 300, len(cases)
     before = snapshot(tmp_path)
     failures = []

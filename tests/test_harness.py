@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from atssrepro.errors import UserError
@@ -20,6 +22,10 @@ from atssrepro.harness.specs import available_tables, load_table, parse_table
 from cli import atssrepro
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "ATSS_TABLES.md"
+CLAIM_IDS = [
+    "T1-imprs", "T1-each", "T1-gap", "T2-cls", "T2-reg", "T3-retina", "T3-fcos", "T3-lite", "T3-boxpoint",
+    "T4-flat", "T4-small", "T4-large", "T5-flat", "T6-flat", "T7-imprs", "T7-atss", "T7-useless",
+]  # fmt: skip
 
 
 # --- specs -------------------------------------------------------------------------------------
@@ -121,7 +127,9 @@ def test_paper_plan_trains_each_experiment_once():
 
 def test_dry_run_json_lists_runs_with_rows_diff_and_cost():
     result = atssrepro("run", "table4", "table5", "--dry-run", "--json")
-    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    runs = [line for line in lines if "run_id" in line]  # then one line per claim of the tables
+    assert [line["claim"] for line in lines[len(runs) :]] == ["T4-flat", "T4-small", "T4-large", "T5-flat"]
     assert len(runs) == 13  # 9 values of k + 5 scales - the shared k=9 / scale 8 run
     shared = next(r for r in runs if "table4/k9" in r["rows"])
     assert shared["rows"] == ["table4/k9", "table5/scale8"] and shared["cost_images"] == 90_000 * 16
@@ -151,6 +159,29 @@ def test_smoke_tables_1_and_3_on_tiny_coco_and_their_report(tiny_coco, tmp_path)
             for value in row.published.values():
                 assert f"{value:.1f}" in report
     assert "not comparable" in report and "not run" not in report
+    # The 17 claims of the paper on this store, in every format: smoke runs cannot resolve them, or not all
+    # their rows ran (Tables 2, 4-7); judged as the smoke preset's own.
+    expected = {"unresolved", "not run"}
+    for fmt in ("terminal", "markdown", "csv", "latex", "html", "json"):
+        claims = atssrepro(
+            "report", "--claims", "--format", fmt, "--preset", "smoke",
+            "--data", str(tiny_coco), "--results", str(results),
+        ).stdout  # fmt: skip
+        if fmt == "csv":
+            lines = pd.read_csv(io.StringIO(claims))
+            assert set(lines["preset"]) == {"smoke"}
+            lines = lines[lines["part"] == 0].to_dict("records")
+        elif fmt == "json":
+            lines = [line for line in json.loads(claims)["claims"] if line["part"] == 0]
+        elif fmt == "markdown":  # | T1-imprs / the statement | rows | ... | verdict |
+            cells = [line.strip("| ").split(" | ") for line in claims.splitlines() if line.startswith("| T")]
+            lines = [{"claim": cells[0].split(" / ")[0], "verdict": cells[-1]} for cells in cells]
+        else:
+            assert "Claims (smoke preset)" in claims and all(claim in claims for claim in CLAIM_IDS), fmt
+            continue
+        verdicts = {line["claim"]: line["verdict"] for line in lines}
+        assert list(verdicts) == CLAIM_IDS and set(verdicts.values()) <= expected, (fmt, verdicts)
+        assert {verdicts["T3-fcos"], verdicts["T1-gap"]} == {"unresolved"} and verdicts["T4-small"] == "not run"
     # Nothing left to do: a second run trains nothing and says so.
     again = run_table("table1", "table3", results=results, data=tiny_coco)
     assert "10 of 10 runs finished" in again.stderr and "training" not in again.stderr

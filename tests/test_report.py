@@ -90,7 +90,8 @@ def frame_lines(
     row = spec.row(row_id)
     return [
         {"table": spec.name, "row": row.id, "label": row.label, "preset": preset, "seed": seed,
-         "run_id": f"{row.id}-{seed}" if state != "reference" else "", "state": state, "metric": metric,
+         "run_preset": preset if state == "done" else "", "run_id": f"{row.id}-{seed}" if state != "reference" else "",
+         "state": state, "metric": metric,
          "reproduced": values.get(metric, math.nan), "published": row.published.get(metric, math.nan)}
         for metric in spec.metrics
     ]  # fmt: skip
@@ -339,6 +340,16 @@ def test_the_paper_tables_render_before_any_run(fmt: str) -> None:
     text = report.render(specs, frame_of(), fmt)
     for spec in specs:
         assert str(spec.rows[0].published[spec.metrics[0]]) in text
+    claims = report.render_claims(specs, report.claim_verdicts(specs, frame_of(), 0.2), fmt, 0.2)
+    for claim in (claim for spec in specs for claim in spec.claims):  # the 17, each not run, after the tables
+        assert claim.id in claims and text.index(claim.id) > text.index(specs[-1].rows[-1].label)
+    assert claims.count("not run") >= 17 and "holds" not in claims.replace("holds when", "")
+
+
+def test_tables_without_claims_have_no_claims_section() -> None:
+    for fmt in report.FORMATS:
+        text = report.render([rows_spec()], rows_frame(), fmt)
+        assert "claim" not in text.lower(), fmt
 
 
 def test_tables_published_on_another_split_say_their_verdicts_are_indicative() -> None:

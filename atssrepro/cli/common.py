@@ -12,6 +12,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from atssrepro.errors import UserError
+from atssrepro.harness.stats import DEFAULT_SIGMA
 from atssrepro.terminal import plain_console
 
 # ---- how help reads
@@ -104,10 +105,10 @@ PresetOption = typer.Option(
     "paper",
     "--preset",
     "-p",
-    metavar="NAME",
+    metavar="NAME|FILE",
     help="paper (the official recipe), smoke (a check that everything runs: 20 iterations of a small model on "
-    "the CPU, about 30 s on 2 cores, longer on a busy machine) or demo (that model trained 300 iterations, "
-    "about 2 minutes).",
+    "the CPU, about 30 s on 2 cores, longer on a busy machine), demo (that model trained 300 iterations, "
+    "about 2 minutes) or a preset file FILE.toml (README: your own protocol).",
 )
 SetOption = typer.Option(
     [], "--set", "-s", metavar="KEY=VALUE", help="Override a field: `--set model.assign.topk=7` (repeatable)."
@@ -132,6 +133,13 @@ def count_option(default: int | None, *names: str, low: int, high: int, help: st
 
 # --preset, --seeds and --data make a row's run id: every command that names runs takes all three.
 SeedsOption = count_option(1, "--seeds", low=1, high=100, help="Seeds 0..N-1 per row.")
+NoiseOption = typer.Option(
+    DEFAULT_SIGMA,
+    "--noise",
+    metavar="SIGMA",
+    help="Run-to-run standard deviation of AP, assumed where a claim's rows have no repeated seeds "
+    "(docs/claims.md gives the sources of the default).",
+)
 JsonOption = typer.Option(
     False, "--json", help='Print the final metrics on stdout as one JSON object, in percent (`"unit": "percent"`).'
 )

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from atssrepro.cli.common import (
     DataOption,
+    NoiseOption,
     PresetOption,
     ResultsOption,
     SeedsOption,
@@ -32,8 +33,10 @@ from atssrepro.cli.common import (
 )
 from atssrepro.engine.run_state import RunState
 from atssrepro.errors import UserError
+from atssrepro.harness.stats import DEFAULT_SIGMA, check_noise
 
 if TYPE_CHECKING:  # imported on use
+    from atssrepro.harness.claim_plan import ClaimsPlan
     from atssrepro.harness.store import Store
 
 
@@ -58,7 +61,12 @@ def run(
     results: Path = ResultsOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, their config and cost; train nothing."),
     force: bool = typer.Option(False, "--force", help="Train finished runs again from scratch."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per run."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="With --dry-run: one JSON object per run, then one per claim of the tables "
+        "(with --rows: the claims those rows decide).",
+    ),
     gpu_type: str | None = typer.Option(
         None,
         metavar="NAME",
@@ -89,11 +97,21 @@ def run(
         metavar="DIR",
         help="The folder of the official checkpoints that evaluation-only rows (zoo) import.",
     ),
+    noise: float | None = typer.Option(
+        None,
+        "--noise",
+        metavar="SIGMA",
+        help=f"With --dry-run: the run-to-run standard deviation of AP that the seeds each claim needs are planned "
+        f"for (default {DEFAULT_SIGMA}: docs/claims.md).",
+    ),
 ) -> None:
     """Train and evaluate every run the tables need; runs shared by several rows train once.
 
     Evaluation-only rows (`atssrepro run zoo --zoo-dir DIR`) import an official checkpoint of DIR
     and evaluate it; a missing file fails that row only.
+
+    With --dry-run it also tells, per claim of the tables (the paper's conclusions), how many seeds
+    per row a decisive verdict needs and what they cost.
 
     Finished runs are skipped, interrupted ones resume. Locally, a queue packs the runs onto the
     GPUs, --gpus-per-run each, and starts the next run whenever one ends; on Slurm, the pending
@@ -105,19 +123,27 @@ def run(
     from atssrepro.harness.plan import plan
     from atssrepro.harness.store import Store, check_inputs
 
-    runs = plan(load_specs(tables), cfg.preset_named(preset), rows, seeds, data, zoo_dir)
+    specs, chosen = load_specs(tables), cfg.preset_named(preset)
+    sigma = check_noise(DEFAULT_SIGMA if noise is None else noise, "--noise")
+    runs = plan(specs, chosen, rows, seeds, data, zoo_dir)
     if dry_run:
         from atssrepro.engine.preflight import data_problem
         from atssrepro.errors import warn
+        from atssrepro.harness.claim_plan import claims_plan
         from atssrepro.harness.throughput import local_device
 
         problem = next(filter(None, (data_problem(run.config.data, run.splits) for run in runs)), None)
         if problem:
             warn(f"{problem} (without --dry-run, run stops here)")
-        print_plan(runs, Store(results), as_json, gpu_type or local_device())
+        device = gpu_type or local_device()
+        one_seed = runs if seeds == 1 and not rows else plan(specs, chosen, (), 1, data, zoo_dir)
+        claims = claims_plan(specs, one_seed, sigma, device if chosen.comparable else None, seeds, rows)
+        print_plan(runs, Store(results), as_json, device, claims)
         return
     if gpu_type is not None:
         raise UserError("--gpu-type is an option of --dry-run: it names the device to give hours for")
+    if noise is not None:
+        raise UserError("--noise is an option of --dry-run (and report): the noise the claims' seeds are planned at")
     if zoo_dir is None and any(run.checkpoint for run in runs):
         raise UserError("evaluation-only rows import official checkpoints: give --zoo-dir DIR, the folder holding them")
     # The options first, then the inputs, before torch is imported: a wrong --data is one line at once.
@@ -174,8 +200,9 @@ def run(
         raise typer.Exit(1)
 
 
-def print_plan(runs: list, store: Store, as_json: bool, device: str) -> None:
-    """Every planned run with its seed and its state in the store; the cost of those not done yet."""
+def print_plan(runs: list, store: Store, as_json: bool, device: str, claims: ClaimsPlan) -> None:
+    """Every planned run with its seed and its state in the store; the cost of those not done yet; then the
+    seeds and cost of a decisive verdict on each claim of the tables."""
     from atssrepro.harness.status import describe, run_statuses
     from atssrepro.harness.throughput import cost_line, device_hours
 
@@ -198,6 +225,8 @@ def print_plan(runs: list, store: Store, as_json: bool, device: str) -> None:
                 "device_hours": device_hours(run.cost, device) if run.preset.comparable else None,
             }
             print(json.dumps(line))
+        for cost in claims.costs:
+            print(json.dumps({**dataclasses.asdict(cost), "noise": claims.sigma, "planned_seeds": claims.planned}))
         return
     from atssrepro import config as cfg
     from atssrepro.harness.plan import assignments
@@ -215,7 +244,34 @@ def print_plan(runs: list, store: Store, as_json: bool, device: str) -> None:
     done = len(runs) - len(to_do)
     stdout.print(f"total: {total:,} training images, for the {len(to_do)} runs not done ({done} done already)")
     stdout.print(cost_line(total, device, runs[0].preset if runs else cfg.PAPER))
+    if claims.costs:
+        print_claims_plan(claims)
     hint_other_settings(store, [run.run_id for run in runs])
+
+
+def print_claims_plan(claims: ClaimsPlan) -> None:
+    """The seeds each claim of the tables needs for a decisive verdict, their cost, and all claims together."""
+    from atssrepro.harness.claim_plan import POWER, SEED_CAP
+
+    title = (
+        f"{len(claims.costs)} claims: seeds per row for P(holds) >= {POWER:.0%} if the paper's numbers are true, "
+        f"at a noise of {claims.sigma:g} AP (--noise)"
+    )
+    planned = f"P(holds) with {claims.planned} seed{'s' if claims.planned > 1 else ''}"
+    table = make_table("claim", "kind", "rows", "seeds per row", "runs", "images", "device-hours", planned, title=title)
+    for c in claims.costs:
+        seeds = f"> {SEED_CAP}" if c.seeds is None else str(c.seeds)
+        hours = "-" if c.hours is None else f"{c.hours:,.0f}"
+        runs, images = ("-", "-") if c.seeds is None else (str(c.runs), f"{c.images:,}")
+        table.add_row(c.claim, c.kind, str(c.rows), seeds, runs, images, hours, f"{c.planned_power:.2f}")
+    stdout.print(table)
+    unaffordable = [c.claim for c in claims.costs if c.seeds is None]
+    hours = "" if claims.hours is None else f", {claims.hours:,.0f} device-hours"
+    stdout.print(
+        f"every claim decisive: {claims.runs} distinct runs (a row shared by several claims trains once), "
+        f"{claims.images:,} training images{hours}"
+        + (f"; left out, more than {SEED_CAP} seeds a row: {', '.join(unaffordable)}" if unaffordable else "")
+    )
 
 
 def hint_other_settings(store: Store, run_ids: list[str]) -> None:
@@ -390,21 +446,31 @@ def report(
     results: Path = ResultsOption,
     out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the report to this file."),
     plots: Path | None = typer.Option(
-        None, "--plots", metavar="DIR", help="Write PNG plots of the sweep tables (4-6) here; html links them."
+        None,
+        "--plots",
+        metavar="DIR",
+        help="Write PNG plots here: the sweep tables (4-6), which html links, and the claims' forest plot.",
     ),
+    claims: bool = typer.Option(False, "--claims", help="Only the verdicts of the paper's claims (Tables 1-7)."),
+    noise: float = NoiseOption,
 ) -> None:
-    """The reproduced numbers next to the published ones, laid out as the paper's tables."""
+    """The reproduced numbers next to the published ones, laid out as the paper's tables, then whether the
+    paper's conclusions hold (holds, fails, unresolved, not run; docs/claims.md)."""
     from atssrepro import config as cfg
     from atssrepro.fileio import write_text
     from atssrepro.harness.collect import collect
-    from atssrepro.harness.report import plot_sweeps, render
+    from atssrepro.harness.report import check_format, claim_verdicts, plot_sweeps, render, render_claims
     from atssrepro.harness.store import Store
+    from atssrepro.harness.verdicts import plot_claims
 
+    check_format(fmt)
+    noise = check_noise(noise, "--noise")
     specs = load_specs(tables)
     store = Store(results)
     frame = collect(specs, cfg.preset_named(preset), seeds, store, data)
+    verdicts = claim_verdicts(specs, frame, noise)
     plotted: dict[str, str] = {}
-    if plots is not None:
+    if plots is not None and not claims:
         for spec in specs:
             if not spec.sweep_axis:
                 swept = ", ".join(s.name for s in load_specs(None) if s.sweep_axis)
@@ -413,7 +479,9 @@ def report(
             console.print(f"wrote {path}")
             # Relative to the report, so that the report and its plots can move together.
             plotted[spec.name] = os.path.relpath(path, Path(out).parent if out is not None else Path.cwd())
-    text = render(specs, frame, fmt, plotted)
+    if plots is not None and len(verdicts):
+        console.print(f"wrote {plot_claims(verdicts, plots / 'claims.png')}")
+    text = render_claims(specs, verdicts, fmt, noise) if claims else render(specs, frame, fmt, plotted, noise)
     if out is not None:
         write_text(out, text)
         console.print(f"wrote {out}")

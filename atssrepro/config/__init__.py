@@ -15,7 +15,17 @@ from atssrepro.config.layers import (
     to_toml,
     with_data_root,
 )
-from atssrepro.config.presets import DEMO, PAPER, PRESETS, SMOKE, Preset, as_preset, preset_named
+from atssrepro.config.presets import (
+    DEMO,
+    PAPER,
+    PRESETS,
+    SMOKE,
+    Preset,
+    as_preset,
+    is_comparable,
+    preset_file,
+    preset_named,
+)
 from atssrepro.config.sections import (
     PREDICTION_AWARE,
     AnchorConfig,
@@ -47,7 +57,7 @@ __all__ = [
     "Config", "DataConfig", "EvalConfig", "HeadConfig", "IdOmitted", "IdOmittedAtDefault", "InferenceConfig", "Layer",
     "LossConfig", "ModelConfig", "Preset", "TrainConfig", "apply", "as_preset", "batch_split_problem",
     "build_config", "builtin_configs", "check_consistency", "config_fields", "config_file", "config_id",
-    "data_path", "from_dict", "load_toml", "load_toml_text", "parse_override", "preset_named",
-    "resolve_config_source", "rule_of", "to_dict", "to_toml", "with_data_root",
+    "data_path", "from_dict", "is_comparable", "load_toml", "load_toml_text", "parse_override", "preset_file",
+    "preset_named", "resolve_config_source", "rule_of", "to_dict", "to_toml", "with_data_root",
     "PREDICTION_AWARE", "DslConfig", "OtaConfig", "PaaConfig", "SimOtaConfig", "TalConfig",
 ]  # fmt: skip

@@ -20,7 +20,9 @@ from atssrepro.harness.plan import row_seeds, run_ids_by_row
 from atssrepro.harness.specs import TableSpec
 from atssrepro.harness.store import Store
 
-COLUMNS = ["table", "row", "label", "preset", "seed", "run_id", "state", "metric", "reproduced", "published"]
+COLUMNS = [
+    "table", "row", "label", "preset", "run_preset", "seed", "run_id", "state", "metric", "reproduced", "published",
+]  # fmt: skip
 
 
 def collect(
@@ -32,10 +34,11 @@ def collect(
 ) -> pd.DataFrame:
     """One line per (table, row, seed, metric) with the reproduced and the published value.
 
-    Columns: ``table``, ``row`` (row id), ``label``, ``preset`` (its name), ``seed`` (-1 for
-    reference-only rows), ``run_id``, ``state`` (a ``RunState``: done, running, pending, failed,
-    diverged, interrupted, corrupt, not run or reference), ``metric``, ``reproduced`` and
-    ``published`` (percent; NaN when absent).
+    Columns: ``table``, ``row`` (row id), ``label``, ``preset`` (its name), ``run_preset`` (the
+    preset the run recorded in its run.json: "" before it starts), ``seed`` (-1 for reference-only
+    rows), ``run_id``, ``state`` (a ``RunState``: done, running, pending, failed, diverged,
+    interrupted, corrupt, not run or reference), ``metric``, ``reproduced`` and ``published``
+    (percent; NaN when absent).
     A row's runs are found again by resolving it exactly as ``atssrepro run`` did, so pass the
     same preset, seeds and data root.
     """
@@ -48,7 +51,7 @@ def collect(
             if row.reference_only:
                 for metric in spec.metrics:
                     published = row.published.get(metric, math.nan)
-                    line = [spec.name, row.id, row.label, preset.name, -1, "", RunState.REFERENCE, metric]
+                    line = [spec.name, row.id, row.label, preset.name, "", -1, "", RunState.REFERENCE, metric]
                     lines.append([*line, math.nan, published])
                 continue
             for seed in row_seeds(row, seeds):
@@ -56,15 +59,15 @@ def collect(
                 metrics = store.metrics(run_id, tta=row.tta)
                 stats = metrics["stats"] if metrics else {}
                 state = store.state(run_id)
+                run_preset = store.info(run_id).get("preset", "")
                 if state is RunState.CORRUPT:
                     warn(f"{store.corruption(run_id)}: shown as corrupt")
                 if row.tta and state is RunState.DONE and metrics is None:
                     state = RunState.PENDING  # trained, multi-scale evaluation still to do
+                run_fields = [spec.name, row.id, row.label, preset.name, run_preset, seed, run_id, state]
                 for metric in spec.metrics:
                     value = stats.get(metric)
                     reproduced = 100 * value if value is not None and value >= 0 else math.nan
                     published = row.published.get(metric, math.nan)
-                    lines.append(
-                        [spec.name, row.id, row.label, preset.name, seed, run_id, state, metric, reproduced, published]
-                    )
+                    lines.append([*run_fields, metric, reproduced, published])
     return pd.DataFrame(lines, columns=COLUMNS)

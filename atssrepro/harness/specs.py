@@ -14,10 +14,14 @@ data: nothing in them is executed, and every config key is checked against :clas
     label = "3"
     config = { model.assign.topk = 3 }
     published = { AP = 38.0 }
+
+A table of the paper ends with the conclusions the paper draws from it, one ``[[claims]]`` entry
+each (:class:`~atssrepro.harness.claims.ClaimSpec`), checked against its rows here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ from atssrepro import config as cfg
 from atssrepro import schema
 from atssrepro.engine.coco_eval import COCO_STATS
 from atssrepro.errors import UserError
+from atssrepro.harness.claims import ClaimSpec
 from atssrepro.schema import Rule
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
@@ -106,6 +111,8 @@ class TableSpec:
     sweep_axis: str = ""
     """A table that sweeps one value over its rows (Tables 4-6): the value in words, the x-axis of
     its plot (``report --plots``). Labels that all parse as numbers give a numeric axis."""
+    claims: tuple[ClaimSpec, ...] = ()
+    """The conclusions the paper draws from the table (``[[claims]]``, after the rows), judged by ``report``."""
     row_header: str = ""
     """layout "rows": the header of the first column, the rows' labels (Table 4: ``k``)."""
     source: Path = Path()
@@ -184,7 +191,8 @@ def parse_table(data: dict[str, Any], path: Path) -> TableSpec:
         _check_config(row.config, f"{place}: config")
     _check_layout(spec, where)
     _check_sources(spec, where)
-    return spec
+    _check_claims(spec, where)
+    return dataclasses.replace(spec, claims=tuple(dataclasses.replace(c, table=spec.name) for c in spec.claims))
 
 
 def _check_layout(spec: TableSpec, where: str) -> None:
@@ -209,6 +217,7 @@ def _check_sources(spec: TableSpec, where: str) -> None:
     """Every source key that the spec's text cites is defined in its ``[sources]``."""
     texts = {"status": spec.status, "note": spec.note, "sources": " ".join(spec.sources.values())}
     texts |= {f"row {row.id!r}: note": row.note for row in spec.rows}
+    texts |= {f"claim {claim.id!r}: statement": claim.statement for claim in spec.claims}
     texts |= {f"row {row.id!r}: context_source": row.context_source for row in spec.rows}
     for key in spec.sources:
         if not SOURCE_KEY.fullmatch(key):
@@ -221,6 +230,80 @@ def _check_sources(spec: TableSpec, where: str) -> None:
                     f"{where}: {place} cites source {key}, which [sources] does not define (defined: {defined}); "
                     f'add it: [sources] {key} = "what the source is"'
                 )
+
+
+def _check_claims(spec: TableSpec, where: str) -> None:
+    """The rules of each claim between its fields and against the table's rows and metrics."""
+    seen: set[str] = set()
+    for claim in spec.claims:
+        place = f"{where}: claim {claim.id!r}"
+        if claim.id in seen:
+            raise UserError(f"{place}: duplicate claim id")
+        seen.add(claim.id)
+        if claim.table:
+            raise UserError(f"{place}: table: a claim compares rows of the table that declares it; remove the key")
+        _check_claim(claim, spec, place)
+
+
+def _check_claim(claim: ClaimSpec, spec: TableSpec, place: str) -> None:
+    """``place`` names the file and the claim."""
+    if len(set(claim.metrics)) != len(claim.metrics):
+        raise UserError(f"{place}: metrics {list(claim.metrics)} must name each metric once")
+    for metric in claim.metrics:
+        if metric not in spec.metrics:
+            raise UserError(f"{place}: metrics: {metric!r} is not reported by {spec.name} ({', '.join(spec.metrics)})")
+    if bool(claim.rows) == bool(claim.pairs):
+        raise UserError(f"{place}: give either rows (a chain, or a flat sweep) or pairs, not both and not neither")
+    runnable = [row.id for row in spec.runnable_rows]
+    for row in claim.row_ids:
+        if row not in runnable:
+            hint = difflib.get_close_matches(row, runnable, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            field = "rows" if row in claim.rows else "pairs"
+            raise UserError(f"{place}: {field}: {spec.name} has no runnable row {row!r}{suggestion}")
+    if len(set(claim.rows)) != len(claim.rows) or len(claim.rows) == 1:
+        raise UserError(f"{place}: rows {list(claim.rows)} must be at least two distinct rows")
+    if any(a == b for a, b in claim.pairs):
+        raise UserError(f"{place}: pairs: each pair compares two different rows")
+    if claim.kind == "flat":
+        _check_flat(claim, place)
+    else:
+        _check_deltas(claim, place)
+
+
+def _check_flat(claim: ClaimSpec, place: str) -> None:
+    if claim.pairs:
+        raise UserError(f"{place}: pairs: a flat claim takes its sweep as rows")
+    if claim.deltas:
+        raise UserError(f"{place}: deltas: a flat claim takes the paper's band, not deltas")
+    if not claim.band:
+        raise UserError(f"{place}: band: a flat claim needs the paper's [lowest, highest] value over the rows")
+    if len(claim.metrics) != 1:
+        raise UserError(f"{place}: metrics: a flat claim judges one metric")
+
+
+def _check_deltas(claim: ClaimSpec, place: str) -> None:
+    if claim.band:
+        raise UserError(f"{place}: band: only a flat claim has a band; a {claim.kind} claim takes deltas")
+    steps = len(claim.steps)
+    if len(claim.metrics) > 1 and steps > 1:
+        raise UserError(f"{place}: metrics: several metrics only for a single pair of rows")
+    expected = max(steps, len(claim.metrics))
+    if len(claim.deltas) != expected:
+        what = "metric" if len(claim.metrics) > 1 else "step"
+        raise UserError(
+            f"{place}: deltas = {list(claim.deltas)}: a {claim.kind} claim needs the paper's B - A, one per {what} "
+            f"({expected})"
+        )
+    rules = {
+        "gain": (lambda d: d > 0, "> 0 (B better than A)"),
+        "drop": (lambda d: d < 0, "< 0 (B worse than A)"),
+        "equal": (lambda d: abs(d) < claim.margin, f"within the margin, |delta| < {claim.margin}"),
+    }
+    check, text = rules[claim.kind]
+    for delta in claim.deltas:
+        if not check(delta):
+            raise UserError(f"{place}: deltas: {delta} must be {text} for a {claim.kind} claim")
 
 
 def _check_config(overrides: dict[str, Any], where: str) -> None:

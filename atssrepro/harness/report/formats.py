@@ -26,9 +26,9 @@ DECIMALS = 3  # of the numbers in csv and json; the tables print one
 # ---- the formats
 
 
-def terminal(views: Sequence[TableView]) -> str:
+def terminal(views: Sequence[TableView], legend: str = LEGEND) -> str:
     console = Console(record=True, width=TERMINAL_WIDTH, file=io.StringIO())
-    console.print(Text(LEGEND))
+    console.print(Text(legend))
     for view in views:
         # The title on its own lines, as wide as the page: as the table's title it would wrap to a narrow table's width.
         title = Text(f"{view.title}. {view.caption}")
@@ -52,11 +52,11 @@ def terminal(views: Sequence[TableView]) -> str:
     return console.export_text()
 
 
-def markdown(views: Sequence[TableView]) -> str:
+def markdown(views: Sequence[TableView], legend: str = LEGEND) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(_one_line(cell).replace("|", "\\|") for cell in cells) + " |"
 
-    parts = [f"_{LEGEND}_"]
+    parts = [f"_{legend}_"]
     for view in views:
         rows = [line(view.header), line(["---"] * len(view.header))]
         for heading, lines in view.sections:
@@ -94,11 +94,11 @@ _LATEX_ESCAPES = str.maketrans(
 )
 
 
-def latex(views: Sequence[TableView]) -> str:
+def latex(views: Sequence[TableView], legend: str = LEGEND) -> str:
     def escape(text: str) -> str:
         return _one_line(text).translate(_LATEX_ESCAPES)
 
-    parts = [r"% Needs \usepackage{booktabs} and \usepackage{amssymb} (for \checkmark).", f"% {escape(LEGEND)}"]
+    parts = [r"% Needs \usepackage{booktabs} and \usepackage{amssymb} (for \checkmark).", f"% {escape(legend)}"]
     for view in views:
         width = len(view.header)
         rows = [r"\toprule", " & ".join(map(escape, view.header)) + r" \\", r"\midrule"]
@@ -134,12 +134,12 @@ _HTML_STYLE = (
 )
 
 
-def html_report(views: Sequence[TableView]) -> str:
+def html_report(views: Sequence[TableView], legend: str = LEGEND) -> str:
     def row(cells: Sequence[str], tag: str = "td") -> str:
         escaped = (html.escape(cell).replace("\n", "<br>") for cell in cells)
         return "<tr>" + "".join(f"<{tag}>{cell}</{tag}>" for cell in escaped) + "</tr>"
 
-    body = [f"<p><em>{html.escape(LEGEND)}</em></p>"]
+    body = [f"<p><em>{html.escape(legend)}</em></p>"]
     for view in views:
         body += [f"<h2>{html.escape(view.title)}</h2>", f"<p><em>{_html_text(view.caption)}</em></p>"]
         body += ["<table>", f"<thead>{row(view.header, 'th')}</thead>", "<tbody>"]
@@ -177,9 +177,10 @@ def _html_text(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
-def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
+def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame, claims: list[dict] | None = None) -> str:
     """{"unit": "percent", "tables": [{"name", "title", "caption", "status", "sources",
-    "rows": [{..., "metrics": {name: numbers}}]}]}: the numbers in percent, as the paper prints them."""
+    "rows": [{..., "metrics": {name: numbers}}]}]}: the numbers in percent, as the paper prints them; and
+    "claims": the records of the claims section, when given."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else round(value, DECIMALS)
@@ -214,4 +215,5 @@ def json_report(specs: Sequence[TableSpec], summary: pd.DataFrame) -> str:
             {"name": spec.name, "title": spec.title, "caption": spec.caption, "status": spec.status,
              "sources": spec.sources, "rows": rows}
         )  # fmt: skip
-    return json.dumps({"unit": "percent", "tables": tables}, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    report = {"unit": "percent", "tables": tables} | ({"claims": claims} if claims is not None else {})
+    return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

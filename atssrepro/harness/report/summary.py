@@ -52,7 +52,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         state = _row_state(runs["state"])
         names = list(runs["preset"].drop_duplicates())
         preset = ", ".join(names)
-        comparable = all(cfg.preset_named(name).comparable for name in names)
+        comparable = all(cfg.is_comparable(name) for name in names)
         row_lines = [_metric_line(values, metric) for metric, values in runs.groupby("metric", sort=False)]
         by_metric = {line["metric"]: line for line in row_lines}
         judged = by_metric.get("AP") or by_metric.get(first_metric[table])
@@ -162,4 +162,4 @@ def _unrun_line(spec: TableSpec, row: RowSpec, metric: str, known: dict[str, Any
 def unjudged_presets(presets: Sequence[str]) -> list[str]:
     """The names among ``presets`` (each a name or names joined by ", ") whose runs are never judged."""
     names = dict.fromkeys(name for joined in presets if joined for name in joined.split(", "))
-    return [name for name in names if not cfg.preset_named(name).comparable]
+    return [name for name in names if not cfg.is_comparable(name)]
