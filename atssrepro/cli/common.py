@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -14,6 +14,9 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from atssrepro.errors import UserError
 from atssrepro.harness.stats import DEFAULT_SIGMA
 from atssrepro.terminal import plain_console
+
+if TYPE_CHECKING:  # imported on use
+    from atssrepro.harness.store import Store
 
 # ---- how help reads
 
@@ -225,3 +228,12 @@ def check_torch_pair() -> None:
             f"torchvision does not work with the installed torch {torch.__version__} "
             f"({str(e).splitlines()[0]}); install a matching pair: pip install -c constraints.txt torch torchvision"
         ) from None
+
+
+def hint_other_settings(store: Store, run_ids: list[str]) -> None:
+    """Say so when the store holds runs, but none of these: made with another --preset or --data."""
+    from atssrepro.harness.status import other_settings
+
+    line = other_settings(store, run_ids)
+    if line:
+        console.print(line)
