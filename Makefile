@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The main job on the embedded default: generate the synthetic COCO-format dataset, then train
-# and evaluate the smoke-sized ATSS detector on it (about 2 minutes on 2 CPU cores). Training is
+# and evaluate the smoke-sized ATSS detector on it (about 2.5 minutes on 2 CPU cores). Training is
 # deterministic for a given CPU model and thread count; the thread count is fixed here so that a
 # machine prints the same AP whatever its number of cores (another CPU model prints another AP:
 # README.md; tests/test_demo.py checks that the demo learns and is deterministic).
