@@ -117,6 +117,18 @@ def test_plots_add_the_forest_plot(store, tmp_path):
     assert [p.name for p in (tmp_path / "only").iterdir()] == ["claims.png"]
 
 
+def test_html_and_markdown_show_the_forest_plot_relative_to_the_report(store, tmp_path):
+    folder = tmp_path / "site"
+    report(store, "--format", "html", "--out", str(folder / "report.html"), "--plots", str(folder / "plots"))
+    html = (folder / "report.html").read_text()
+    assert '<img src="plots/claims.png"' in html and '<img src="plots/table4_sweep.png"' in html
+    # after the claims, not among the tables
+    assert html.index("plots/claims.png") > html.index("T4-large") > html.index("plots/table4_sweep.png")
+    text = report(store, "--claims", "--format", "markdown", "--out", str(folder / "claims.md"), "--plots",
+                  str(folder / "only"))  # fmt: skip
+    assert text.returncode == 0 and "](only/claims.png)" in (folder / "claims.md").read_text()
+
+
 def test_the_pandas_api_returns_the_verdicts(store):
     specs = [load_table("table3"), load_table("table4")]
     verdicts = claim_verdicts(specs, collect(specs, "paper", 3, Store(store)), noise=0.2)

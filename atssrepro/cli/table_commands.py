@@ -367,7 +367,7 @@ def report(
         None,
         "--plots",
         metavar="DIR",
-        help="Write PNG plots here: the sweep tables (4-6), which html links, and the claims' forest plot.",
+        help="Write PNG plots here: the sweep tables (4-6) and the claims' forest plot, which html and markdown show.",
     ),
     claims: bool = typer.Option(False, "--claims", help="Only the verdicts of the paper's claims (Tables 1-7)."),
     noise: float = NoiseOption,
@@ -377,7 +377,14 @@ def report(
     from atssrepro import config as cfg
     from atssrepro.fileio import write_text
     from atssrepro.harness.collect import collect
-    from atssrepro.harness.report import check_format, claim_verdicts, plot_sweeps, render, render_claims
+    from atssrepro.harness.report import (
+        CLAIMS_PLOT,
+        check_format,
+        claim_verdicts,
+        plot_sweeps,
+        render,
+        render_claims,
+    )
     from atssrepro.harness.store import Store
     from atssrepro.harness.verdicts import plot_claims
 
@@ -388,6 +395,8 @@ def report(
     frame = collect(specs, cfg.preset_named(preset), seeds, store, data)
     verdicts = claim_verdicts(specs, frame, noise)
     plotted: dict[str, str] = {}
+    # Plot paths relative to the report, so that the report and its plots can move together.
+    report_dir = Path(out).parent if out is not None else Path.cwd()
     if plots is not None and not claims:
         for spec in specs:
             if not spec.sweep_axis:
@@ -395,11 +404,15 @@ def report(
                 console.print(f"{spec.name}: no plot (plots are drawn for the tables that sweep a value: {swept})")
         for spec, path in plot_sweeps(specs, frame, plots):
             console.print(f"wrote {path}")
-            # Relative to the report, so that the report and its plots can move together.
-            plotted[spec.name] = os.path.relpath(path, Path(out).parent if out is not None else Path.cwd())
+            plotted[spec.name] = os.path.relpath(path, report_dir)
     if plots is not None and len(verdicts):
-        console.print(f"wrote {plot_claims(verdicts, plots / 'claims.png')}")
-    text = render_claims(specs, verdicts, fmt, noise) if claims else render(specs, frame, fmt, plotted, noise)
+        path = plot_claims(verdicts, plots / "claims.png")
+        console.print(f"wrote {path}")
+        plotted[CLAIMS_PLOT] = os.path.relpath(path, report_dir)
+    if claims:
+        text = render_claims(specs, verdicts, fmt, noise, plotted.get(CLAIMS_PLOT, ""))
+    else:
+        text = render(specs, frame, fmt, plotted, noise)
     if out is not None:
         write_text(out, text)
         console.print(f"wrote {out}")

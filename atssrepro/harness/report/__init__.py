@@ -38,9 +38,11 @@ from atssrepro.harness.specs import TableSpec
 from atssrepro.harness.stats import DEFAULT_SIGMA
 
 FORMATS = ("terminal", "markdown", "csv", "latex", "html", "json")
+CLAIMS_PLOT = "claims"
+"""The key of ``render``'s ``plots`` for the claims' forest plot (no table spec has this name)."""
 __all__ = [
-    "FORMATS", "SUMMARY_COLUMNS", "TERMINAL_WIDTH", "VERDICTS", "claim_verdicts", "plot_sweeps", "render",
-    "render_claims", "summarize",
+    "CLAIMS_PLOT", "FORMATS", "SUMMARY_COLUMNS", "TERMINAL_WIDTH", "VERDICTS", "claim_verdicts", "plot_sweeps",
+    "render", "render_claims", "summarize",
 ]  # fmt: skip
 
 
@@ -55,7 +57,8 @@ def render(
     the verdicts of their claims (csv: after a blank line, in columns of their own; none when no spec has claims).
 
     ``plots``: table name -> the path of its plot (``plot_sweeps``) relative to where the report is
-    written, which html shows and links and markdown shows under the table. ``noise``: the run-to-run
+    written, which html shows and links and markdown shows under the table; under :data:`CLAIMS_PLOT`,
+    the claims' forest plot (``plot_claims``), shown after the claims. ``noise``: the run-to-run
     standard deviation of AP assumed where a claim's rows have no repeated seeds.
     """
     check_format(fmt)
@@ -67,7 +70,7 @@ def render(
     if fmt == "json":
         return json_report(specs, summary, claims_records(verdicts) if len(verdicts) else None)
     views = [dataclasses.replace(view(spec, summary), plot=(plots or {}).get(spec.name, "")) for spec in specs]
-    views += claim_views(specs, verdicts, noise)
+    views += claim_views(specs, verdicts, noise, (plots or {}).get(CLAIMS_PLOT, ""))
     writers = {"terminal": terminal, "markdown": markdown, "latex": latex, "html": html_report}
     return writers[fmt](views)
 

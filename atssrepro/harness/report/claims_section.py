@@ -8,6 +8,7 @@ the tables; ``report --claims`` prints it alone (:func:`render_claims`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -41,8 +42,9 @@ def claim_verdicts(specs: Sequence[TableSpec], frame: pd.DataFrame, noise: float
     return judge_claims([claim for spec in specs for claim in spec.claims], frame, noise)
 
 
-def claim_views(specs: Sequence[TableSpec], verdicts: pd.DataFrame, noise: float) -> list[TableView]:
-    """One view per preset of ``verdicts``: a section per table, a line per claim and per part."""
+def claim_views(specs: Sequence[TableSpec], verdicts: pd.DataFrame, noise: float, plot: str = "") -> list[TableView]:
+    """One view per preset of ``verdicts``: a section per table, a line per claim and per part; the last
+    one shows ``plot``, the path of the forest plot of every preset (``plot_claims``), when given."""
     titles = {spec.name: spec.title for spec in specs}
     views = []
     for preset, lines in verdicts.groupby("preset", sort=False):
@@ -65,6 +67,8 @@ def claim_views(specs: Sequence[TableSpec], verdicts: pd.DataFrame, noise: float
         )
         title = f"Claims ({preset} preset)" if preset else "Claims"
         views.append(TableView(title, caption, list(HEADER), sections, footer, ""))
+    if views and plot:
+        views[-1] = dataclasses.replace(views[-1], plot=plot)
     return views
 
 
@@ -132,13 +136,14 @@ def claims_records(verdicts: pd.DataFrame) -> list[dict[str, Any]]:
     return [{key: plain(value) for key, value in line.items()} for line in verdicts.to_dict("records")]
 
 
-def render_claims(specs: Sequence[TableSpec], verdicts: pd.DataFrame, fmt: str, noise: float) -> str:
-    """The claims section alone in format ``fmt`` (``report --claims``)."""
+def render_claims(specs: Sequence[TableSpec], verdicts: pd.DataFrame, fmt: str, noise: float, plot: str = "") -> str:
+    """The claims section alone in format ``fmt`` (``report --claims``), with the forest plot ``plot`` (a path
+    relative to the report) in html and markdown when given."""
     if fmt == "csv":
         return claims_csv(verdicts)
     if fmt == "json":
         return json.dumps({"claims": claims_records(verdicts)}, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    views = claim_views(specs, verdicts, noise)
+    views = claim_views(specs, verdicts, noise, plot)
     if not views:
         return (
             f"No claims: the paper draws its conclusions from Tables 1-7 ({', '.join(s.name for s in specs)} asked).\n"
