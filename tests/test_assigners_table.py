@@ -103,6 +103,7 @@ def test_plots_show_and_list_work_on_it(tmp_path):
     assert path.name == "assigners_sweep.png" and path.stat().st_size > 0
     shown = atssrepro("show", "assigners").stdout
     assert "(40.7)" in shown and "(n): context, reported for another recipe, never judged" in shown
+    assert "39.3 (39.4)" in shown  # the ATSS row: its published number, then its context
     assert "assigners" in atssrepro("list", "assigners").stdout
     statuses = atssrepro("status", "assigners", "--results", str(tmp_path / "results"), "--json").stdout.splitlines()
     assert [json.loads(line)["rows"] for line in statuses] == [[f"assigners/{row.id}"] for row in SPEC.rows]

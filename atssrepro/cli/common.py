@@ -87,7 +87,7 @@ def _app(help: str) -> typer.Typer:
 app = _app("Reproduce the tables of the ATSS paper (CVPR 2020): train, evaluate, report.")
 data_app = _app("Make datasets: the embedded synthetic one, or a real COCO subset.")
 app.add_typer(data_app, name="data")
-analyze_app = _app("Analyses that need no GPU and no images.")
+analyze_app = _app("Analyses of the assigners: positives per GT by object size, from the annotations or a checkpoint.")
 app.add_typer(analyze_app, name="analyze")
 import_app = _app("Turn trained models from elsewhere into run folders.")
 app.add_typer(import_app, name="import")

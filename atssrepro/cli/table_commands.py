@@ -209,8 +209,8 @@ def list_tables(
     seeds: int = SeedsOption,
     data: str | None = DataOption,
 ) -> None:
-    """The tables (by default every spec: the paper's, then zoo (the official models) and assigners), their rows
-    and how many of their runs are done."""
+    """The tables (by default every spec: the paper's, then assigners and zoo), their rows and how many of their
+    runs are done."""
     from atssrepro import config as cfg
     from atssrepro.harness.plan import plan
     from atssrepro.harness.specs import available_specs
@@ -254,7 +254,7 @@ def show(
         run_ids = [] if row.reference_only else [
             row_run_id(row, resolve_row(spec, row, chosen, seed, data)) for seed in row_seeds(row, seeds)
         ]  # fmt: skip
-        published = [f"{row.published[m]:.1f}" if m in row.published else _context(row, m) for m in spec.metrics]
+        published = [_published(row, m) for m in spec.metrics]
         lines = assignments(row.config) + (["+ tta"] if row.tta else [])
         config = "\n".join(lines + ([f"evaluates {row.checkpoint}"] if row.evaluation_only else []))
         config = "(reference)" if row.reference_only else config or "(base)"
@@ -267,9 +267,11 @@ def show(
         stdout.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
-def _context(row, metric: str) -> str:
-    """A row's context number for ``metric`` in parentheses (``show``), or "-"."""
-    return f"({row.context[metric]:.1f})" if metric in row.context else "-"
+def _published(row, metric: str) -> str:
+    """A row's published number for ``metric`` (``show``), then its context number in parentheses, or "-"."""
+    numbers = [f"{row.published[metric]:.1f}"] if metric in row.published else []
+    numbers += [f"({row.context[metric]:.1f})"] if metric in row.context else []
+    return " ".join(numbers) or "-"
 
 
 @app.command()

@@ -162,7 +162,8 @@ def _footer(spec: TableSpec, cells: Cells) -> list[str]:
         )
     if spec.status:
         # The status cites the source keys ("CONFIRMED (2 sources: S1 + S2)"): say what they are, on its line.
-        footer.append(f"Published numbers: {spec.status}" + (f"; sources: {sources}" if sources else ""))
+        status = spec.status.rstrip(".")
+        footer.append(f"Published numbers: {status}" + (f"; sources: {sources}" if sources else ""))
     elif sources:
         footer.append(f"Sources: {sources}")
     return footer
