@@ -164,3 +164,20 @@ def strictly_inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     x, y = points[:, 0], points[:, 1]
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
     return (x > x1).logical_and_(y > y1).logical_and_(x < x2).logical_and_(y < y2)
+
+
+def centre_squares(inputs: AssignInputs, radius: float) -> torch.Tensor:
+    """Whether each prior's centre lies strictly inside each GT's centre square, the GT centre +-
+    radius x the prior's stride (not clipped to the box), its sides as mmdetection's SimOTA forms
+    them: [B, G, N] bool.
+    """
+    gt_boxes, centres = inputs.gt_boxes.float(), inputs.centres
+    side = radius * inputs.strides.float()
+    gt_centres = ((gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0).repeat(1, 1, 2)  # [B, G, 4]
+    inside, start = [], 0
+    for count in (c for c in inputs.num_per_level if c > 0):
+        level_side = side[start]  # device arithmetic only: no host tensor reaches the device
+        offset = torch.stack([-level_side, -level_side, level_side, level_side])
+        inside.append(strictly_inside(centres[start : start + count], gt_centres + offset))
+        start += count
+    return torch.cat(inside, dim=-1)
