@@ -8,7 +8,7 @@ top-k runs along the contiguous last dimension.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -181,3 +181,21 @@ def centre_squares(inputs: AssignInputs, radius: float) -> torch.Tensor:
         inside.append(strictly_inside(centres[start : start + count], gt_centres + offset))
         start += count
     return torch.cat(inside, dim=-1)
+
+
+def on_valid_priors(
+    function: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``function`` of each valid prior's row of ``values``, 0 elsewhere: a per-prior quantity that only the
+    candidates' costs read (its other entries reach only costs that the matching sets to +inf).
+
+    Args:
+        function: [V, C] -> [V], row by row.
+        values: [B, N, C]. valid: [B, N] bool.
+
+    Returns:
+        [B, N].
+    """
+    result = values.new_zeros(valid.shape)
+    result[valid] = function(values[valid])
+    return result

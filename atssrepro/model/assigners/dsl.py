@@ -11,6 +11,7 @@ from atssrepro.model.assigners.common import (
     Assignment,
     all_background,
     centre_squares,
+    on_valid_priors,
     pairwise_iou,
     strictly_inside,
 )
@@ -65,7 +66,7 @@ def cost_of(
 
 
 def _all_zero(logits: torch.Tensor) -> torch.Tensor:
-    """[B, N, C] logits -> [B, N]: :func:`_soft_bce` against all-zero soft labels, summed over classes."""
+    """[V, C] logits -> [V]: :func:`_soft_bce` against all-zero soft labels, summed over classes."""
     (all_zero,) = _soft_bce(logits, (0.0,))
     return all_zero.sum(dim=-1)
 
@@ -128,7 +129,7 @@ def dsl(
     gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0  # [B, G, 2]
     ious = pairwise_iou(inputs.pred_boxes.float(), gt_boxes)
     logits = inputs.cls_logits.float()
-    all_zero, labels = _all_zero(logits), inputs.gt_labels
+    all_zero, labels = on_valid_priors(_all_zero, logits, valid), inputs.gt_labels
 
     def pair_cost(b: torch.Tensor, g: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         dx, dy = (centres[j, i] - gt_centres[b, g, i] for i in range(2))

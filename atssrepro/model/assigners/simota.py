@@ -9,6 +9,7 @@ from atssrepro.model.assigners.common import (
     Assignment,
     all_background,
     centre_squares,
+    on_valid_priors,
     pairwise_iou,
     strictly_inside,
 )
@@ -35,18 +36,10 @@ def simota_regions(inputs: AssignInputs, center_radius: float = 2.5) -> tuple[to
     return valid, in_box.logical_and_(in_centre)
 
 
-def class_costs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-prior part of SimOTA's classification cost and the probabilities it reads per class.
-
-    Args:
-        probs: [B, N, C] class probabilities.
-
-    Returns:
-        all_negative [B, N]: the BCE against all-zero targets, summed over classes (-log(1 - p),
-        floored at -100 inside); probs [B, N, C] float.
-    """
-    probs = probs.float()
-    return probs.neg().log1p_().clamp_(min=-100).sum(dim=-1).neg_(), probs
+def all_negative_cost(logits: torch.Tensor) -> torch.Tensor:
+    """The per-prior part of SimOTA's classification cost: the BCE of the probabilities against
+    all-zero targets, summed over classes (-log(1 - p), the log floored at -100): [V, C] -> [V]."""
+    return logits.sigmoid().neg_().log1p_().clamp_(min=-100).sum(dim=-1).neg_()
 
 
 def cost_of(
@@ -84,9 +77,10 @@ def simota_cost(
     """
     valid, inside = simota_regions(inputs, center_radius)
     ious = pairwise_iou(inputs.pred_boxes.float(), inputs.gt_boxes.float())
-    all_negative, probs = class_costs(inputs.cls_logits.float().sigmoid())
-    gt_probs = inputs.gt_class_columns(probs)  # [B, G, N]
-    cost = cost_of(ious, gt_probs, all_negative[:, None, :], ~inside, iou_weight, cls_weight)
+    logits = inputs.cls_logits.float()
+    gt_probs = inputs.gt_class_columns(logits).sigmoid_()  # [B, G, N]
+    all_negative = all_negative_cost(logits)[:, None, :]
+    cost = cost_of(ious, gt_probs, all_negative, ~inside, iou_weight, cls_weight)
     return cost, ious, valid
 
 
@@ -121,12 +115,12 @@ def simota(
         return all_background(inputs)
     valid, inside = simota_regions(inputs, center_radius)
     ious = pairwise_iou(inputs.pred_boxes.float(), inputs.gt_boxes.float())
-    all_negative, probs = class_costs(inputs.cls_logits.float().sigmoid())
-    labels = inputs.gt_labels
+    logits, labels = inputs.cls_logits.float(), inputs.gt_labels
+    all_negative = on_valid_priors(all_negative_cost, logits, valid)  # [B, N]
 
     def pair_cost(b: torch.Tensor, g: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        pair_ious, outside = ious[b, g, j], ~inside[b, g, j]
-        return cost_of(pair_ious, probs[b, j, labels[b, g]], all_negative[b, j], outside, iou_weight, cls_weight)
+        pair_ious, outside, gt_probs = ious[b, g, j], ~inside[b, g, j], logits[b, j, labels[b, g]].sigmoid_()
+        return cost_of(pair_ious, gt_probs, all_negative[b, j], outside, iou_weight, cls_weight)
 
     return Assignment(
         pairwise_dynamic_k_match(pair_cost, inside, OUTSIDE_FLOOR, ious, valid, inputs.gt_mask, candidate_topk)
