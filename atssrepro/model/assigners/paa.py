@@ -70,21 +70,22 @@ def paa_anchor_scores(
     Returns:
         [B, N] float: the loss where ``first_pass`` >= 0, 0 elsewhere.
     """
-    positive = first_pass >= 0
+    score = torch.zeros(first_pass.shape, device=cls_logits.device)
     if gt_boxes.shape[1] == 0:
-        return torch.zeros(first_pass.shape, device=cls_logits.device)
-    index = first_pass.clamp(min=0)
-    logits = cls_logits.float()
-    labels = torch.where(positive, gt_labels.gather(1, index), logits.shape[-1])
-    target = F.one_hot(labels, logits.shape[-1] + 1)[..., :-1].to(logits.dtype)
+        return score
+    # Computed on the first pass's positives only: [P] rows of (image, prior), each with its GT.
+    b, j = (first_pass >= 0).nonzero(as_tuple=True)
+    gt_index = first_pass[b, j]
+    logits = cls_logits.float()[b, j]  # [P, C]
+    target = F.one_hot(gt_labels[b, gt_index], logits.shape[-1]).to(logits.dtype)
     # mmdetection's py_sigmoid_focal_loss, operation for operation.
     prob = logits.sigmoid()
     pt = (1 - prob) * target + prob * (1 - target)
     focal_weight = (focal_alpha * target + (1 - focal_alpha) * (1 - target)) * pt.pow(focal_gamma)
     focal = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * focal_weight
 
-    pred = pred_boxes.float()
-    gt = gt_boxes.float().gather(1, index[..., None].expand(-1, -1, 4))  # [B, N, 4]
+    pred = pred_boxes.float()[b, j]  # [P, 4]
+    gt = gt_boxes.float()[b, gt_index]
     area_pred = (pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1])
     area_gt = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
     overlap = (torch.minimum(pred[..., 2:], gt[..., 2:]) - torch.maximum(pred[..., :2], gt[..., :2])).clamp(min=0)
@@ -93,8 +94,8 @@ def paa_anchor_scores(
     enclosing = (torch.maximum(pred[..., 2:], gt[..., 2:]) - torch.minimum(pred[..., :2], gt[..., :2])).clamp(min=0)
     enclosing = (enclosing[..., 0] * enclosing[..., 1]).clamp(min=IOU_EPS)
     giou = overlap / union - (enclosing - union) / enclosing
-    score = giou_weight * (1 - giou) + focal.sum(dim=-1)
-    return torch.where(positive, score, 0.0)
+    score[b, j] = giou_weight * (1 - giou) + focal.sum(dim=-1)
+    return score
 
 
 def _group_ranks(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
