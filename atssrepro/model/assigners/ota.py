@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import sigmoid_focal_loss
 
 from atssrepro.model.assign import BACKGROUND, CENTRE_EPS
 from atssrepro.model.assigners.common import AssignInputs, Assignment, all_background
@@ -57,7 +56,7 @@ def ota_cost(
 
     # Focal loss summed over classes: the all-zero-target sum with the GT class's term swapped.
     logits = inputs.cls_logits.float()
-    background = sigmoid_focal_loss(logits, torch.zeros_like(logits), FOCAL_ALPHA, FOCAL_GAMMA).sum(dim=-1)
+    background = _focal(logits, positive=False).sum(dim=-1)  # [B, N]
     gt_logits = inputs.gt_class_columns(logits)  # [B, G, N]
     cost.add_(_focal(gt_logits, positive=True).sub_(_focal(gt_logits, positive=False)).add_(background[:, None, :]))
     cost.add_(~candidate, alpha=NOT_CANDIDATE_COST)  # + exactly 1e6 or 0
@@ -119,7 +118,7 @@ def _pair_costs(
 
 def _focal(logits: torch.Tensor, positive: bool) -> torch.Tensor:
     """The focal loss (0.25, 2) of each logit against an all-one or all-zero target, as torchvision's
-    ``sigmoid_focal_loss`` computes it, without a target tensor."""
+    ``sigmoid_focal_loss`` computes it (the same floats), without a target tensor."""
     if positive:  # BCE -log sigmoid(x); 1 - p_t = 1 - p
         modulation = logits.sigmoid().neg_().add_(1).pow_(FOCAL_GAMMA)
         return F.logsigmoid(logits).neg_().mul_(modulation).mul_(FOCAL_ALPHA)
@@ -216,7 +215,7 @@ def ota(
     # A GT without a candidate spreads its supply over priors of cost >= 1e6: all its pairs count.
     wide = gt_mask & ~candidate.any(dim=-1)  # [B, G]
     logits = inputs.cls_logits.float()
-    background = sigmoid_focal_loss(logits, torch.zeros_like(logits), FOCAL_ALPHA, FOCAL_GAMMA).sum(dim=-1)
+    background = _focal(logits, positive=False).sum(dim=-1)  # [B, N]
     b, g, j = (candidate | wide[..., None]).nonzero(as_tuple=True)  # by image, GT, then prior
     ious, cost = _pair_costs(inputs, b, g, j, background, reg_weight)
     is_candidate = candidate[b, g, j]
