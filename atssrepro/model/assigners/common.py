@@ -135,10 +135,22 @@ def pairwise_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, G, N] float.
     """
-    # Each coordinate contiguous ([B, 1, N] and [B, G, 1]) so that the [B, G, N] loops vectorise;
-    # in place on three [B, G, N] buffers: on the CPU, fresh large tensors cost more than arithmetic.
-    bx1, by1, bx2, by2 = (c.contiguous()[:, None] for c in boxes.expand(gt_boxes.shape[0], -1, -1).unbind(-1))
-    gx1, gy1, gx2, gy2 = (c[..., None] for c in gt_boxes.unbind(-1))
+    # Each coordinate contiguous ([B, 1, N] and [B, G, 1]) so that the [B, G, N] loops vectorise.
+    box_sides = tuple(c.contiguous()[:, None] for c in boxes.expand(gt_boxes.shape[0], -1, -1).unbind(-1))
+    return _iou(box_sides, tuple(c[..., None] for c in gt_boxes.unbind(-1)))
+
+
+def paired_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of each box with its GT, [E, 4] and [E, 4] -> [E]: the floats of :func:`pairwise_iou` for those pairs."""
+    return _iou(tuple(boxes.unbind(-1)), tuple(gt_boxes.unbind(-1)))
+
+
+def _iou(box: tuple[torch.Tensor, ...], gt: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """mmdetection's ``bbox_overlaps`` on broadcastable sides (x1, y1, x2, y2) of the boxes and the GTs;
+    in place on three buffers of the result's shape: on the CPU, fresh large tensors cost more than
+    arithmetic."""
+    bx1, by1, bx2, by2 = box
+    gx1, gy1, gx2, gy2 = gt
     low = torch.maximum(bx1, gx1)
     overlap = torch.minimum(bx2, gx2).sub_(low).clamp_(min=0)
     torch.maximum(by1, gy1, out=low)

@@ -12,10 +12,11 @@ from atssrepro.model.assigners.common import (
     all_background,
     centre_squares,
     on_valid_priors,
+    paired_iou,
     pairwise_iou,
     strictly_inside,
 )
-from atssrepro.model.assigners.dynamic_k import pairwise_dynamic_k_match
+from atssrepro.model.assigners.dynamic_k import chunked_dynamic_ks, pairwise_dynamic_k_match
 
 LOG_EPS = 1e-7
 NEAR_MARGIN = 3.0
@@ -127,13 +128,14 @@ def dsl(
     near = centre_squares(inputs, soft_center_radius + NEAR_MARGIN)  # [B, G, N]
     floor = 0.9 * 10.0**NEAR_MARGIN - 1.0
     gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0  # [B, G, 2]
-    ious = pairwise_iou(inputs.pred_boxes.float(), gt_boxes)
+    pred_boxes = inputs.pred_boxes.float()
+    k = chunked_dynamic_ks(pred_boxes, gt_boxes, valid, topk)  # [B, G]
     logits = inputs.cls_logits.float()
     all_zero, labels = on_valid_priors(_all_zero, logits, valid), inputs.gt_labels
 
     def pair_cost(b: torch.Tensor, g: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         dx, dy = (centres[j, i] - gt_centres[b, g, i] for i in range(2))
-        gt_logits = logits[b, j, labels[b, g]]
-        return cost_of(ious[b, g, j], gt_logits, all_zero[b, j], dx, dy, strides[j], iou_weight, soft_center_radius)
+        ious, gt_logits = paired_iou(pred_boxes[b, j], gt_boxes[b, g]), logits[b, j, labels[b, g]]
+        return cost_of(ious, gt_logits, all_zero[b, j], dx, dy, strides[j], iou_weight, soft_center_radius)
 
-    return Assignment(pairwise_dynamic_k_match(pair_cost, near, floor, ious, valid, gt_mask, topk))
+    return Assignment(pairwise_dynamic_k_match(pair_cost, near, floor, k, valid, gt_mask, topk))

@@ -7,6 +7,10 @@ from collections.abc import Callable
 import torch
 
 from atssrepro.model.assign import BACKGROUND
+from atssrepro.model.assigners.common import pairwise_iou
+
+CHUNK_ELEMENTS = 2**22
+"""GTs per chunk of :func:`chunked_dynamic_ks`: about this many (GT, prior) IoUs (16 MB)."""
 
 
 def dynamic_ks(ious: torch.Tensor, valid: torch.Tensor, topk: int) -> torch.Tensor:
@@ -21,6 +25,28 @@ def dynamic_ks(ious: torch.Tensor, valid: torch.Tensor, topk: int) -> torch.Tens
     """
     top = ious.masked_fill(~valid[:, None, :], 0.0).topk(min(topk, ious.shape[-1]), dim=-1).values
     return top.sum(dim=-1).int().clamp(min=1).long()
+
+
+def chunked_dynamic_ks(
+    pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, valid: torch.Tensor, topk: int
+) -> torch.Tensor:
+    """:func:`dynamic_ks` of the IoUs of the predicted boxes with the GTs, computed a chunk of GTs at
+    a time: the same values without a [B, G, N] table (on the CPU, tables over 32 MB are fresh
+    memory on every call, slower to fill than to compute).
+
+    Args:
+        pred_boxes: [B, N, 4] float xyxy. gt_boxes: [B, G, 4] float xyxy. valid: [B, N] bool.
+
+    Returns:
+        [B, G] int64 in [1, topk].
+    """
+    batch, num_priors = valid.shape
+    step = max(1, CHUNK_ELEMENTS // max(1, batch * num_priors))
+    chunks = [
+        dynamic_ks(pairwise_iou(pred_boxes, gt_boxes[:, start : start + step]), valid, topk)
+        for start in range(0, gt_boxes.shape[1], step)
+    ]
+    return torch.cat(chunks, dim=1) if chunks else torch.zeros(batch, 0, dtype=torch.long, device=valid.device)
 
 
 def dynamic_k_match(
@@ -80,7 +106,7 @@ def pairwise_dynamic_k_match(
     pair_cost: PairCost,
     pairs: torch.Tensor,
     floor: float,
-    ious: torch.Tensor,
+    k: torch.Tensor,
     valid: torch.Tensor,
     gt_mask: torch.Tensor,
     topk: int,
@@ -99,15 +125,16 @@ def pairwise_dynamic_k_match(
             :func:`dynamic_k_match` would read there.
         pairs: [B, G, N] bool, the pairs costed first.
         floor: every valid (GT, prior) pair outside ``pairs`` costs at least this.
-        ious, valid, gt_mask, topk: as :func:`dynamic_k_match`.
+        k: [B, G] each GT's k (:func:`dynamic_ks`, :func:`chunked_dynamic_ks`).
+        valid, gt_mask, topk: as :func:`dynamic_k_match`.
 
     Returns:
         [B, N] int64: GT index or BACKGROUND.
     """
-    batch, num_gt, num_priors = ious.shape
-    device = ious.device
+    batch, num_gt, num_priors = pairs.shape
+    device = pairs.device
     size = min(topk, num_priors)
-    k = dynamic_ks(ious, valid, topk).view(-1, 1)  # [B x G, 1]
+    k = k.view(-1, 1)  # [B x G, 1]
     b, g, j = (pairs & valid[:, None, :] & gt_mask[..., None]).nonzero(as_tuple=True)  # by image, GT, prior
     row = b * num_gt + g
     count = torch.bincount(row, minlength=batch * num_gt)

@@ -10,10 +10,11 @@ from atssrepro.model.assigners.common import (
     all_background,
     centre_squares,
     on_valid_priors,
+    paired_iou,
     pairwise_iou,
     strictly_inside,
 )
-from atssrepro.model.assigners.dynamic_k import pairwise_dynamic_k_match
+from atssrepro.model.assigners.dynamic_k import chunked_dynamic_ks, pairwise_dynamic_k_match
 
 OUTSIDE_COST = 100000.0
 """mmdetection's ``INF``: the cost added to a (prior, GT) pair not inside both the box and its centre square."""
@@ -114,14 +115,16 @@ def simota(
     if inputs.gt_mask.shape[1] == 0 or inputs.priors.shape[0] == 0:
         return all_background(inputs)
     valid, inside = simota_regions(inputs, center_radius)
-    ious = pairwise_iou(inputs.pred_boxes.float(), inputs.gt_boxes.float())
+    pred_boxes, gt_boxes = inputs.pred_boxes.float(), inputs.gt_boxes.float()
+    k = chunked_dynamic_ks(pred_boxes, gt_boxes, valid, candidate_topk)  # [B, G]
     logits, labels = inputs.cls_logits.float(), inputs.gt_labels
     all_negative = on_valid_priors(all_negative_cost, logits, valid)  # [B, N]
 
     def pair_cost(b: torch.Tensor, g: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        pair_ious, outside, gt_probs = ious[b, g, j], ~inside[b, g, j], logits[b, j, labels[b, g]].sigmoid_()
+        pair_ious, outside = paired_iou(pred_boxes[b, j], gt_boxes[b, g]), ~inside[b, g, j]
+        gt_probs = logits[b, j, labels[b, g]].sigmoid_()
         return cost_of(pair_ious, gt_probs, all_negative[b, j], outside, iou_weight, cls_weight)
 
     return Assignment(
-        pairwise_dynamic_k_match(pair_cost, inside, OUTSIDE_FLOOR, ious, valid, inputs.gt_mask, candidate_topk)
+        pairwise_dynamic_k_match(pair_cost, inside, OUTSIDE_FLOOR, k, valid, inputs.gt_mask, candidate_topk)
     )
