@@ -18,6 +18,8 @@ from atssrepro.model.assign import BACKGROUND
 
 IOU_EPS = 1e-6
 """mmdetection's ``bbox_overlaps`` floor on the union."""
+CHUNK_ELEMENTS = 2**22
+"""About this many (GT, prior) entries (16 MB of floats) per chunk of :func:`gt_chunks`."""
 
 
 @dataclass(frozen=True)
@@ -211,3 +213,10 @@ def on_valid_priors(
     result = values.new_zeros(valid.shape)
     result[valid] = function(values[valid])
     return result
+
+
+def gt_chunks(batch: int, num_gt: int, num_priors: int) -> list[slice]:
+    """Slices of the GT dimension for tables [B, chunk, N] of about ``CHUNK_ELEMENTS`` entries: on the CPU
+    a table over 32 MB is fresh memory on every call, slower to fill than to compute."""
+    step = max(1, CHUNK_ELEMENTS // max(1, batch * num_priors))
+    return [slice(start, start + step) for start in range(0, num_gt, step)]

@@ -7,10 +7,7 @@ from collections.abc import Callable
 import torch
 
 from atssrepro.model.assign import BACKGROUND
-from atssrepro.model.assigners.common import pairwise_iou
-
-CHUNK_ELEMENTS = 2**22
-"""GTs per chunk of :func:`chunked_dynamic_ks`: about this many (GT, prior) IoUs (16 MB)."""
+from atssrepro.model.assigners.common import gt_chunks, pairwise_iou
 
 
 def dynamic_ks(ious: torch.Tensor, valid: torch.Tensor, topk: int) -> torch.Tensor:
@@ -31,8 +28,7 @@ def chunked_dynamic_ks(
     pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, valid: torch.Tensor, topk: int
 ) -> torch.Tensor:
     """:func:`dynamic_ks` of the IoUs of the predicted boxes with the GTs, computed a chunk of GTs at
-    a time: the same values without a [B, G, N] table (on the CPU, tables over 32 MB are fresh
-    memory on every call, slower to fill than to compute).
+    a time (:func:`~atssrepro.model.assigners.common.gt_chunks`): the same values without a [B, G, N] table.
 
     Args:
         pred_boxes: [B, N, 4] float xyxy. gt_boxes: [B, G, 4] float xyxy. valid: [B, N] bool.
@@ -41,10 +37,9 @@ def chunked_dynamic_ks(
         [B, G] int64 in [1, topk].
     """
     batch, num_priors = valid.shape
-    step = max(1, CHUNK_ELEMENTS // max(1, batch * num_priors))
     chunks = [
-        dynamic_ks(pairwise_iou(pred_boxes, gt_boxes[:, start : start + step]), valid, topk)
-        for start in range(0, gt_boxes.shape[1], step)
+        dynamic_ks(pairwise_iou(pred_boxes, gt_boxes[:, chunk]), valid, topk)
+        for chunk in gt_chunks(batch, gt_boxes.shape[1], num_priors)
     ]
     return torch.cat(chunks, dim=1) if chunks else torch.zeros(batch, 0, dtype=torch.long, device=valid.device)
 
