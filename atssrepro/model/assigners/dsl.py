@@ -124,7 +124,7 @@ def dsl(
         return all_background(inputs)
     gt_boxes, gt_mask = inputs.gt_boxes.float(), inputs.gt_mask
     centres, strides = inputs.centres, inputs.strides.float()
-    valid = (strictly_inside(centres, gt_boxes) & gt_mask[..., None]).any(dim=1)  # [B, N]
+    valid = strictly_inside(centres, gt_boxes).logical_and_(gt_mask[..., None]).any(dim=1)  # [B, N]
     near = centre_squares(inputs, soft_center_radius + NEAR_MARGIN)  # [B, G, N]
     floor = 0.9 * 10.0**NEAR_MARGIN - 1.0
     gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0  # [B, G, 2]

@@ -130,7 +130,9 @@ def pairwise_dynamic_k_match(
     device = pairs.device
     size = min(topk, num_priors)
     k = k.view(-1, 1)  # [B x G, 1]
-    b, g, j = (pairs & valid[:, None, :] & gt_mask[..., None]).nonzero(as_tuple=True)  # by image, GT, prior
+    b, g, j = (
+        pairs.logical_and(valid[:, None, :]).logical_and_(gt_mask[..., None]).nonzero(as_tuple=True)
+    )  # by image, GT, prior
     row = b * num_gt + g
     count = torch.bincount(row, minlength=batch * num_gt)
     slot = torch.arange(len(row), device=device) - (count.cumsum(0) - count)[row]

@@ -33,7 +33,7 @@ def simota_regions(inputs: AssignInputs, center_radius: float = 2.5) -> tuple[to
     gt_mask = inputs.gt_mask
     in_box = strictly_inside(inputs.centres, inputs.gt_boxes.float())  # [B, G, N]
     in_centre = centre_squares(inputs, center_radius)
-    valid = ((in_box | in_centre) & gt_mask[..., None]).any(dim=1)  # [B, N]
+    valid = in_box.logical_or(in_centre).logical_and_(gt_mask[..., None]).any(dim=1)  # [B, N]
     return valid, in_box.logical_and_(in_centre)
 
 
