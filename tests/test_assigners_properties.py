@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from atssrepro.model.anchors import anchor_strides, feature_sizes, grid_anchors
 from atssrepro.model.assign import BACKGROUND, IGNORE, centres_inside
 from atssrepro.model.assigners import AssignInputs, dsl, ota, paa, simota, tal
-from atssrepro.model.assigners.dynamic_k import dynamic_ks
+from atssrepro.model.assigners.dsl import dsl_cost
+from atssrepro.model.assigners.dynamic_k import dynamic_k_match, dynamic_ks
 from atssrepro.model.assigners.ota import ota_candidates, ota_cost, sinkhorn
+from atssrepro.model.assigners.simota import simota_cost
 
 RULES = {"tal": tal, "simota": simota, "dsl": dsl, "ota": ota, "paa": paa}
 HEIGHT, WIDTH, CLASSES = 128, 160, 5
@@ -211,3 +213,22 @@ def test_ota_on_its_pairs_equals_the_dense_transport(seed):
     batch = dataclasses.replace(batch, gt_boxes=boxes)
     assert (batch.gt_mask & ~ota_candidates(batch).any(dim=-1)).any(), "no GT without a candidate"
     assert torch.equal(ota(batch).matched, _dense_ota(batch))
+
+
+@pytest.mark.parametrize("name", ["simota", "dsl"])
+@pytest.mark.parametrize("seed", range(4))
+def test_pairwise_dynamic_k_equals_the_dense_matching(name, seed):
+    """simota() and dsl() cost the pairs they need only (pairwise_dynamic_k_match): the same assignment as
+    dynamic_k_match over their dense costs, here with tiny GTs (few or no inside priors), duplicates
+    (shared priors) and, in the last image, class costs above DSL's floor."""
+    batch, _ = padded_batch(seed, [6, 0, 11])
+    g = torch.Generator().manual_seed(seed)
+    boxes = batch.gt_boxes.clone()
+    boxes[:, :3, 2:] = boxes[:, :3, :2] + torch.rand(3, 3, 2, generator=g) * 6  # smaller than a stride
+    boxes[:, 5] = boxes[:, 4]  # a duplicate GT
+    logits = batch.cls_logits.clone()
+    logits[2] = logits[2].abs() * 400  # soft classification costs in the thousands: whole rows
+    batch = dataclasses.replace(batch, gt_boxes=boxes, cls_logits=logits)
+    cost_fn, topk = (simota_cost, 10) if name == "simota" else (dsl_cost, 13)
+    cost, ious, valid = cost_fn(batch)
+    assert torch.equal(RULES[name](batch).matched, dynamic_k_match(cost, ious, valid, batch.gt_mask, topk))

@@ -8,7 +8,7 @@ top-k runs along the contiguous last dimension.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,8 @@ from atssrepro.model.assign import BACKGROUND
 
 IOU_EPS = 1e-6
 """mmdetection's ``bbox_overlaps`` floor on the union."""
+CHUNK_ELEMENTS = 2**22
+"""About this many (GT, prior) entries (16 MB of floats) per chunk of :func:`gt_chunks`."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +137,22 @@ def pairwise_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, G, N] float.
     """
-    # Each coordinate contiguous ([B, 1, N] and [B, G, 1]) so that the [B, G, N] loops vectorise;
-    # in place on three [B, G, N] buffers: on the CPU, fresh large tensors cost more than arithmetic.
-    bx1, by1, bx2, by2 = (c.contiguous()[:, None] for c in boxes.expand(gt_boxes.shape[0], -1, -1).unbind(-1))
-    gx1, gy1, gx2, gy2 = (c[..., None] for c in gt_boxes.unbind(-1))
+    # Each coordinate contiguous ([B, 1, N] and [B, G, 1]) so that the [B, G, N] loops vectorise.
+    box_sides = tuple(c.contiguous()[:, None] for c in boxes.expand(gt_boxes.shape[0], -1, -1).unbind(-1))
+    return _iou(box_sides, tuple(c[..., None] for c in gt_boxes.unbind(-1)))
+
+
+def paired_iou(boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of each box with its GT, [E, 4] and [E, 4] -> [E]: the floats of :func:`pairwise_iou` for those pairs."""
+    return _iou(tuple(boxes.unbind(-1)), tuple(gt_boxes.unbind(-1)))
+
+
+def _iou(box: tuple[torch.Tensor, ...], gt: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """mmdetection's ``bbox_overlaps`` on broadcastable sides (x1, y1, x2, y2) of the boxes and the GTs;
+    in place on three buffers of the result's shape: on the CPU, fresh large tensors cost more than
+    arithmetic."""
+    bx1, by1, bx2, by2 = box
+    gx1, gy1, gx2, gy2 = gt
     low = torch.maximum(bx1, gx1)
     overlap = torch.minimum(bx2, gx2).sub_(low).clamp_(min=0)
     torch.maximum(by1, gy1, out=low)
@@ -164,3 +178,45 @@ def strictly_inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     x, y = points[:, 0], points[:, 1]
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
     return (x > x1).logical_and_(y > y1).logical_and_(x < x2).logical_and_(y < y2)
+
+
+def centre_squares(inputs: AssignInputs, radius: float) -> torch.Tensor:
+    """Whether each prior's centre lies strictly inside each GT's centre square, the GT centre +-
+    radius x the prior's stride (not clipped to the box), its sides as mmdetection's SimOTA forms
+    them: [B, G, N] bool.
+    """
+    gt_boxes, centres = inputs.gt_boxes.float(), inputs.centres
+    side = radius * inputs.strides.float()
+    gt_centres = ((gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0).repeat(1, 1, 2)  # [B, G, 4]
+    inside, start = [], 0
+    for count in (c for c in inputs.num_per_level if c > 0):
+        level_side = side[start]  # device arithmetic only: no host tensor reaches the device
+        offset = torch.stack([-level_side, -level_side, level_side, level_side])
+        inside.append(strictly_inside(centres[start : start + count], gt_centres + offset))
+        start += count
+    return torch.cat(inside, dim=-1)
+
+
+def on_valid_priors(
+    function: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``function`` of each valid prior's row of ``values``, 0 elsewhere: a per-prior quantity that only the
+    candidates' costs read (its other entries reach only costs that the matching sets to +inf).
+
+    Args:
+        function: [V, C] -> [V], row by row.
+        values: [B, N, C]. valid: [B, N] bool.
+
+    Returns:
+        [B, N].
+    """
+    result = values.new_zeros(valid.shape)
+    result[valid] = function(values[valid])
+    return result
+
+
+def gt_chunks(batch: int, num_gt: int, num_priors: int) -> list[slice]:
+    """Slices of the GT dimension for tables [B, chunk, N] of about ``CHUNK_ELEMENTS`` entries: on the CPU
+    a table over 32 MB is fresh memory on every call, slower to fill than to compute."""
+    step = max(1, CHUNK_ELEMENTS // max(1, batch * num_priors))
+    return [slice(start, start + step) for start in range(0, num_gt, step)]

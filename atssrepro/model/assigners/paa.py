@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from atssrepro.model.assign import BACKGROUND, IGNORE
-from atssrepro.model.assigners.common import IOU_EPS, AssignInputs, Assignment, all_background, pairwise_iou
+from atssrepro.model.assigners.common import (
+    IOU_EPS,
+    AssignInputs,
+    Assignment,
+    all_background,
+    gt_chunks,
+    pairwise_iou,
+)
 from atssrepro.model.assigners.gmm import fit_two_gaussians, predict_and_score
 
 GIOU_WEIGHT = 1.3
@@ -36,13 +43,26 @@ def paa_first_pass(
     batch, num_gt = gt_mask.shape
     if num_gt == 0 or priors.shape[0] == 0:
         return torch.full((batch, priors.shape[0]), BACKGROUND, dtype=torch.long, device=priors.device)
-    ious = pairwise_iou(priors.float(), gt_boxes.float()).masked_fill(~gt_mask[..., None], -1.0)  # [B, G, N]
-    best_iou, best_gt = ious.max(dim=1)  # [B, N]
+    # A chunk of GTs at a time (gt_chunks), combined as over all: a later chunk's best replaces the
+    # best so far only when larger (the first maximum), its claims override when of a higher index.
+    best_iou = torch.full((batch, priors.shape[0]), float("-inf"), device=priors.device)
+    best_gt = torch.zeros(batch, priors.shape[0], dtype=torch.long, device=priors.device)
+    last_claim = torch.full_like(best_gt, -1)
+    for chunk in gt_chunks(batch, num_gt, priors.shape[0]):
+        mask = gt_mask[:, chunk, None]
+        ious = pairwise_iou(priors.float(), gt_boxes[:, chunk].float()).masked_fill(~mask, -1.0)  # [B, g, N]
+        chunk_best, chunk_gt = ious.max(dim=1)  # [B, N]
+        larger = chunk_best > best_iou
+        best_iou, best_gt = (
+            torch.where(larger, chunk_best, best_iou),
+            torch.where(larger, chunk_gt + chunk.start, best_gt),
+        )
+        gt_best = ious.max(dim=2, keepdim=True).values  # [B, g, 1]
+        index = torch.arange(chunk.start, chunk.start + ious.shape[1], device=priors.device)[None, :, None]
+        claim = torch.where((ious == gt_best) & mask, index, -1).amax(dim=1)  # [B, N]
+        last_claim = torch.maximum(last_claim, claim)
     matched = torch.where(best_iou >= pos_iou, best_gt, IGNORE)
     matched = torch.where(best_iou < neg_iou, BACKGROUND, matched)
-    gt_best = ious.max(dim=2, keepdim=True).values  # [B, G, 1]
-    index = torch.arange(num_gt, device=priors.device)[None, :, None]
-    last_claim = torch.where((ious == gt_best) & gt_mask[..., None], index, -1).amax(dim=1)  # [B, N]
     return torch.where(last_claim >= 0, last_claim, matched)
 
 
@@ -70,21 +90,22 @@ def paa_anchor_scores(
     Returns:
         [B, N] float: the loss where ``first_pass`` >= 0, 0 elsewhere.
     """
-    positive = first_pass >= 0
+    score = torch.zeros(first_pass.shape, device=cls_logits.device)
     if gt_boxes.shape[1] == 0:
-        return torch.zeros(first_pass.shape, device=cls_logits.device)
-    index = first_pass.clamp(min=0)
-    logits = cls_logits.float()
-    labels = torch.where(positive, gt_labels.gather(1, index), logits.shape[-1])
-    target = F.one_hot(labels, logits.shape[-1] + 1)[..., :-1].to(logits.dtype)
+        return score
+    # Computed on the first pass's positives only: [P] rows of (image, prior), each with its GT.
+    b, j = (first_pass >= 0).nonzero(as_tuple=True)
+    gt_index = first_pass[b, j]
+    logits = cls_logits.float()[b, j]  # [P, C]
+    target = F.one_hot(gt_labels[b, gt_index], logits.shape[-1]).to(logits.dtype)
     # mmdetection's py_sigmoid_focal_loss, operation for operation.
     prob = logits.sigmoid()
     pt = (1 - prob) * target + prob * (1 - target)
     focal_weight = (focal_alpha * target + (1 - focal_alpha) * (1 - target)) * pt.pow(focal_gamma)
     focal = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * focal_weight
 
-    pred = pred_boxes.float()
-    gt = gt_boxes.float().gather(1, index[..., None].expand(-1, -1, 4))  # [B, N, 4]
+    pred = pred_boxes.float()[b, j]  # [P, 4]
+    gt = gt_boxes.float()[b, gt_index]
     area_pred = (pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1])
     area_gt = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
     overlap = (torch.minimum(pred[..., 2:], gt[..., 2:]) - torch.maximum(pred[..., :2], gt[..., :2])).clamp(min=0)
@@ -93,8 +114,8 @@ def paa_anchor_scores(
     enclosing = (torch.maximum(pred[..., 2:], gt[..., 2:]) - torch.minimum(pred[..., :2], gt[..., :2])).clamp(min=0)
     enclosing = (enclosing[..., 0] * enclosing[..., 1]).clamp(min=IOU_EPS)
     giou = overlap / union - (enclosing - union) / enclosing
-    score = giou_weight * (1 - giou) + focal.sum(dim=-1)
-    return torch.where(positive, score, 0.0)
+    score[b, j] = giou_weight * (1 - giou) + focal.sum(dim=-1)
+    return score
 
 
 def _group_ranks(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
