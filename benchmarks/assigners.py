@@ -87,7 +87,8 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _median_ms(call: Callable, device: torch.device, repeats: int) -> float:
+def median_ms(call: Callable, device: torch.device, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``call``, in ms, the device synchronised around each."""
     times = []
     for _ in range(repeats):
         _synchronize(device)
@@ -116,7 +117,7 @@ def time_assigners(
             for num_gt in gts:
                 call = make_call(name, batch, num_gt, height, width, device)
                 call()
-                result[name][num_gt] = _median_ms(call, device, repeats)
+                result[name][num_gt] = median_ms(call, device, repeats)
     return result
 
 
@@ -138,7 +139,7 @@ def measure(name: str, device_name: str, batch: int, num_gt: int, repeats: int, 
             peak = torch.cuda.max_memory_allocated(device) - before
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-        return _median_ms(call, device, repeats), peak / 2**20
+        return median_ms(call, device, repeats), peak / 2**20
 
 
 def main() -> None:

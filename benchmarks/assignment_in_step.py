@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 
 import torch
+from assigners import median_ms  # benchmarks/assigners.py, beside this script
 
 from atssrepro import config as cfg
 from atssrepro.data.batch import collate
@@ -25,23 +24,6 @@ from atssrepro.data.coco import CocoDetection, SampleSpec
 from atssrepro.model.detector import OneStageDetector
 
 STRATEGIES = ("atss", "iou", "ssc", "center_sampling", *cfg.PREDICTION_AWARE)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(call, device: torch.device, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        call()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -88,9 +70,13 @@ def measure(
         sum(losses.values()).backward()
         optimizer.step()
 
+    def assignment() -> None:
+        model.assignment(outputs, *gts)
+
     with torch.no_grad():
         outputs = model.head_outputs(batch.images, batch.image_sizes)
-    return _median_ms(step, device, repeats), _median_ms(lambda: model.assignment(outputs, *gts), device, repeats)
+    step(), assignment()  # warm-up, not timed
+    return median_ms(step, device, repeats), median_ms(assignment, device, repeats)
 
 
 if __name__ == "__main__":
