@@ -361,18 +361,19 @@ def test_the_seeds_table_of_docs_claims_md_is_what_the_code_computes():
         assert [claim_plan.seeds_needed(CLAIMS[claim_id], sigma) for sigma in (0.1, 0.2, 0.3)] == list(map(int, seeds))
 
 
-def test_plan_claims_costs_the_seeds_in_images_and_hours():
+def test_claim_costs_cost_the_seeds_in_images_and_hours():
     claims = [CLAIMS["T1-gap"], CLAIMS["T4-large"]]
     images = {("table1", "scalar"): 1000, ("table1", "fcos"): 2000, ("table4", "k9"): 10, ("table4", "k19"): 10}
     device = "cpu: AMD EPYC, 2 cores"  # measured at 0.031 img/s (harness/throughput.py)
-    plan = claim_plan.plan_claims(claims, images, device=device)
-    assert list(plan["seeds"]) == [1, 6] and list(plan["runs"]) == [2, 12] and list(plan["images"]) == [3000, 120]
-    assert plan["hours"].tolist() == pytest.approx([3000 / 0.031 / 3600, 120 / 0.031 / 3600])
-    assert claim_plan.plan_claims(claims, images, device="TPU v9")["hours"].isna().all()  # never measured
-    capped = claim_plan.plan_claims(claims, images, sigma=1.2)
-    assert capped["seeds"].isna().tolist() == [False, True] and capped["images"].isna().tolist() == [False, True]
+    plan = claim_plan.claim_costs(claims, images, device=device)
+    assert [c.seeds for c in plan] == [1, 6] and [c.runs for c in plan] == [2, 12]
+    assert [c.images for c in plan] == [3000, 120]
+    assert [c.hours for c in plan] == pytest.approx([3000 / 0.031 / 3600, 120 / 0.031 / 3600])
+    assert [c.hours for c in claim_plan.claim_costs(claims, images, device="TPU v9")] == [None, None]  # never measured
+    capped = claim_plan.claim_costs(claims, images, sigma=1.2)
+    assert [c.seeds is None for c in capped] == [False, True] and [c.images is None for c in capped] == [False, True]
     with pytest.raises(ValueError, match="no training images for table4/k19"):
-        claim_plan.plan_claims(claims, {key: v for key, v in images.items() if key[1] != "k19"})
+        claim_plan.claim_costs(claims, {key: v for key, v in images.items() if key[1] != "k19"})
 
 
 def test_the_claims_modules_import_no_heavy_library():

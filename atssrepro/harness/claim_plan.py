@@ -2,14 +2,13 @@
 
 :func:`seeds_needed` is the fewest seeds per row with which a claim's verdict is "holds" with
 probability :data:`POWER` if the paper's numbers are true and runs have noise sigma
-(:func:`claim_power`); :func:`plan_claims` costs those seeds per claim, and :func:`claims_plan`
+(:func:`claim_power`); :func:`claim_costs` costs those seeds per claim, and :func:`claims_plan`
 does it for the tables of ``run --dry-run``, with the distinct runs of all claims together (a row
 shared by several claims trains once). docs/claims.md derives the power of each kind of claim.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,12 @@ from atssrepro.harness.specs import TableSpec
 from atssrepro.harness.stats import DEFAULT_SIGMA, LEVEL, check_noise, p_exceeds, t_quantile
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 POWER = 0.8
 """The usual power of a planned experiment: P(verdict "holds") if the paper is right."""
 SEED_CAP = 100
 """More seeds a row than this: not affordable, reported as NA."""
-PLAN_COLUMNS = ("claim", "table", "kind", "rows", "seeds", "power", "runs", "images", "hours", "planned_power")
 
 
 def claim_power(claim: ClaimSpec, seeds: int, sigma: float = DEFAULT_SIGMA) -> float:
@@ -70,7 +68,7 @@ def seeds_needed(
 
 @dataclass(frozen=True)
 class ClaimCost:
-    """One claim's plan: one line of :func:`plan_claims`, in :data:`PLAN_COLUMNS`."""
+    """One claim's plan (:func:`claim_costs`): the seeds a row needs, their runs, images and device-hours."""
 
     claim: str
     table: str
@@ -122,25 +120,6 @@ def claim_costs(
                       claim_power(claim, planned, sigma))
         )  # fmt: skip
     return costs
-
-
-def plan_claims(
-    claims: Sequence[ClaimSpec],
-    images_per_run: Mapping[tuple[str, str], int],
-    sigma: float = DEFAULT_SIGMA,
-    device: str | None = None,
-    power: float = POWER,
-    cap: int = SEED_CAP,
-    planned: int = 1,
-) -> pd.DataFrame:
-    """:func:`claim_costs` as a DataFrame in :data:`PLAN_COLUMNS`: NA seeds, runs and images above the cap,
-    NaN power and hours where unknown."""
-    import pandas as pd  # here: run --dry-run plans without pandas
-
-    costs = claim_costs(claims, images_per_run, sigma, device, power, cap, planned)
-    lines = [dataclasses.asdict(cost) for cost in costs]
-    plan = pd.DataFrame(lines, columns=list(PLAN_COLUMNS))
-    return plan.astype({"seeds": "Int64", "runs": "Int64", "images": "Int64", "power": float, "hours": float})
 
 
 def distinct_runs(
